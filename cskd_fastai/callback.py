@@ -1,0 +1,143 @@
+"""The CS-KD fastai callback: split paired batches, distil each anchor from its same-class partner.
+
+Yun, Park, Lee, Shin, "Regularizing Class-wise Predictions via Self-knowledge Distillation", CVPR 2020.
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable, Union
+
+import torch
+import torch.nn.functional as F
+from fastai.callback.core import Callback
+from fastai.callback.mixup import MixUp, CutMix
+from fastai.learner import Metric
+from fastai.torch_core import find_bs
+
+from .data import PairedDL, paired_dls
+from .losses import class_wise_kd
+
+__all__ = ["CSKD", "LamSchedule", "warmup_schedule"]
+
+LamSchedule = Union[float, Callable[[float], float]]
+
+# Per-epoch training statistics, in this order, logged as recorder/CSV columns
+_STATS = ("train_ce", "train_kd", "cskd_lam", "partner_conf", "partner_entropy", "anchor_conf")
+
+
+def _check_lam(lam) -> None:
+    if callable(lam): return
+    if not isinstance(lam, (int, float)) or isinstance(lam, bool) or not math.isfinite(lam) or lam < 0:
+        raise ValueError(f"lam must be a finite number >= 0 or a schedule callable of training progress, got {lam!r}")
+
+
+def _check_temp(temp) -> None:
+    if isinstance(temp, bool) or not isinstance(temp, (int, float)) or not math.isfinite(temp) or temp <= 0:
+        raise ValueError(f"temp must be a finite number > 0 (the paper uses 4), got {temp!r}")
+
+
+def _check_warmup(warmup) -> None:
+    if isinstance(warmup, bool) or not isinstance(warmup, (int, float)) or not 0 <= warmup <= 1:
+        raise ValueError(f"lam_warmup must be a fraction of training in [0, 1], got {warmup!r}")
+
+
+def warmup_schedule(lam: float, warmup: float) -> Callable[[float], float]:
+    "λ rising linearly from 0 to `lam` over the first `warmup` fraction of training, then constant."
+    _check_lam(lam); _check_warmup(warmup)
+    def _sched(pct: float) -> float: return lam * min(1.0, pct / warmup) if warmup > 0 else lam
+    return _sched
+
+
+class _TrainStat(Metric):
+    "One per-epoch training statistic of `CSKD`, exposed as a metric so Recorder, CSVLogger and progress bars show it."
+    def __init__(self, cb: "CSKD", key: str): self.cb, self.key = cb, key
+    def reset(self): pass                                   # accumulated by the callback on training batches
+    def accumulate(self, learn): pass
+    @property
+    def value(self): return self.cb.epoch_stats().get(self.key)
+    @property
+    def name(self): return self.key
+
+
+class CSKD(Callback):
+    "Class-wise self-knowledge distillation: CE on anchors + λ·T²·KL(partner ‖ anchor), partners under no_grad."
+    order, run_valid = min(MixUp.order, CutMix.order) - 1, False  # split the batch before MixUp/CutMix mix it
+
+    def __init__(self, lam: LamSchedule = 1.0, temp: float = 4.0, lam_warmup: float = 0.0, log_stats: bool = True):
+        _check_lam(lam); _check_temp(temp); _check_warmup(lam_warmup)
+        self.lam, self.temp, self.lam_warmup, self.log_stats = lam, float(temp), float(lam_warmup), log_stats
+        self._restore_dls, self._sums, self._stat_mets = None, None, []
+
+    # ---- λ schedule -------------------------------------------------------------------------------
+    def lam_at(self, pct_train: float) -> float:
+        "λ at training progress `pct_train` ∈ [0, 1]: the schedule (or constant) times the linear warm-up."
+        lam = float(self.lam(pct_train)) if callable(self.lam) else float(self.lam)
+        if self.lam_warmup > 0: lam *= min(1.0, pct_train / self.lam_warmup)
+        return lam
+
+    # ---- fit-level events -------------------------------------------------------------------------
+    def before_fit(self):
+        if not isinstance(self.dls.train, PairedDL):  # a plain learner: pair its training loader for this fit
+            self._restore_dls, self.learn.dls = self.dls, paired_dls(self.dls)
+        self._first_batch = True
+        self.learn.metrics = [m for m in self.learn.metrics if not isinstance(m, _TrainStat)]
+        if self.log_stats:
+            self._stat_mets = [_TrainStat(self, k) for k in _STATS]
+            self.learn.metrics = list(self.learn.metrics) + self._stat_mets
+
+    def after_fit(self):
+        # leave the learner as we found it: no training-only metrics or loaders in `learn`, exports stay plain
+        self.learn.metrics = [m for m in self.learn.metrics if not isinstance(m, _TrainStat)]
+        if self._restore_dls is not None: self.learn.dls, self._restore_dls = self._restore_dls, None
+
+    def before_train(self): self._sums = None
+
+    # ---- batch-level events (training only) -------------------------------------------------------
+    def before_batch(self):
+        n = find_bs(self.yb)
+        if n % 2:
+            raise ValueError(f"CSKD expects paired batches (B anchors + B partners) but got {n} items; "
+                             "build the train loader with dl_type=PairedDL or use cskd_learner / paired_dls")
+        b = n // 2
+        if self._first_batch:  # one cheap sanity check per fit: partners really share their anchor's class
+            y = self.yb[0]
+            if y.dim() == 1 and not torch.equal(y[:b], y[b:]):
+                raise ValueError("CSKD: partner labels differ from anchor labels; the train loader is not a PairedDL")
+            self._first_batch = False
+        self.partner_xb = tuple(x[b:] for x in self.xb)
+        self.learn.xb = tuple(x[:b] for x in self.xb)
+        self.learn.yb = tuple(y[:b] for y in self.yb)
+
+    def after_pred(self):
+        # Separate forward, same network in train mode: partners get their own BatchNorm statistics and no graph
+        with torch.no_grad(): self.partner_pred = self.learn.model(*self.partner_xb)
+
+    def after_loss(self):
+        lam = self.lam_at(self.pct_train)
+        kd = class_wise_kd(self.pred, self.partner_pred, self.temp)
+        ce = self.learn.loss.detach()
+        self.learn.loss_grad = self.learn.loss_grad + lam * kd   # what is backpropagated
+        self.learn.loss = ce + lam * kd.detach()                 # what Recorder logs
+        if self.log_stats: self._accumulate(ce, kd.detach(), lam)
+
+    def after_batch(self): self.partner_xb = self.partner_pred = None  # free memory before the next batch
+
+    # ---- statistics -------------------------------------------------------------------------------
+    @torch.no_grad()
+    def _accumulate(self, ce, kd, lam):
+        b = self.pred.shape[0]
+        pp = F.softmax(self.partner_pred.float(), -1)
+        pa = F.softmax(self.pred.detach().float(), -1)
+        pt = F.softmax(self.partner_pred.float() / self.temp, -1)
+        ent = -(pt * pt.clamp_min(1e-12).log()).sum(-1)
+        row = torch.stack([ce.float() * b, kd.float() * b, pp.max(-1)[0].sum(), ent.sum(), pa.max(-1)[0].sum(),
+                           torch.tensor(float(b), device=ce.device)])
+        self._sums = row if self._sums is None else self._sums + row  # stays on device: one sync per epoch
+        self._lam = lam
+
+    def epoch_stats(self) -> dict:
+        "Means over this epoch's training anchors: CE, KD, λ, partner confidence and entropy (at T), anchor confidence."
+        if self._sums is None: return {}
+        s = self._sums.tolist(); n = max(s[5], 1.0)
+        return dict(train_ce=s[0] / n, train_kd=s[1] / n, cskd_lam=self._lam, partner_conf=s[2] / n,
+                    partner_entropy=s[3] / n, anchor_conf=s[4] / n)

@@ -1,0 +1,82 @@
+"""`cskd_learner`: a fastai `vision_learner` (or one of the paper's models) with the CS-KD callback attached."""
+from __future__ import annotations
+
+import inspect
+from typing import Callable, Union
+
+import cloudpickle
+from fastai.callback.mixup import MixHandler
+from fastai.callback.training import GradientAccumulation
+from fastai.data.core import DataLoaders
+from fastai.learner import Learner
+from fastai.losses import CrossEntropyLossFlat
+from fastai.torch_core import L
+from fastai.vision.learner import vision_learner
+from fastcore.meta import delegates
+from torch import nn
+
+from .callback import CSKD, LamSchedule, _check_lam, _check_temp, _check_warmup
+from .data import check_classes, paired_dls
+
+__all__ = ["cskd_learner", "plain_learner", "CSKDLearner", "TRAINING_ONLY_CALLBACKS"]
+
+# Callbacks that only make sense while training; an exported learner carries none of them
+TRAINING_ONLY_CALLBACKS: tuple = (CSKD, MixHandler, GradientAccumulation)
+
+
+def register_training_only(*cb_types: type) -> None:
+    "Mark more callback types as training-only (left out by `CSKDLearner.export`)."
+    global TRAINING_ONLY_CALLBACKS
+    TRAINING_ONLY_CALLBACKS = tuple(dict.fromkeys(TRAINING_ONLY_CALLBACKS + cb_types))
+
+
+class CSKDLearner(Learner):
+    "A `Learner` whose `export` leaves out training-only callbacks and pickles as a plain fastai `Learner`."
+    def export(self, fname="export.pkl", pickle_module=cloudpickle, pickle_protocol=2):
+        train_only = [cb for cb in self.cbs if isinstance(cb, TRAINING_ONLY_CALLBACKS)]
+        self.remove_cbs(train_only)
+        cls, self.__class__ = self.__class__, Learner  # load_learner then needs no cskd_fastai class for the learner
+        try: Learner.export(self, fname, pickle_module=pickle_module, pickle_protocol=pickle_protocol)
+        finally:
+            self.__class__ = cls
+            self.add_cbs(train_only)
+
+
+def _n_in(dls: DataLoaders) -> int:
+    try: return int(dls.valid.one_batch()[0].shape[1]) if len(dls.loaders) > 1 and len(dls.valid_ds) else 3
+    except Exception: return 3
+
+
+_LEARNER_ARGS = set(inspect.signature(Learner.__init__).parameters) - {"self", "dls", "model"}
+
+
+@delegates(vision_learner)
+def plain_learner(dls: DataLoaders, arch: Union[str, Callable, nn.Module], pretrained: bool = False,
+                  **kwargs) -> CSKDLearner:
+    "A learner for `arch`: a paper-model name, an `nn.Module`, or anything `vision_learner` takes (torchvision/timm)."
+    from .models import PAPER_MODELS, create_paper_model
+    if isinstance(arch, str) and arch in PAPER_MODELS or isinstance(arch, nn.Module):
+        n_out = kwargs.pop("n_out", None) or dls.c
+        if isinstance(arch, nn.Module): model = arch
+        else: model = create_paper_model(arch, num_classes=n_out, in_channels=kwargs.pop("n_in", None) or _n_in(dls))
+        extra = sorted(set(kwargs) - _LEARNER_ARGS)
+        if extra:
+            raise ValueError(f"{extra} only apply to vision_learner architectures, not to the paper model {arch!r}; "
+                             f"remove them or pass a torchvision/timm architecture")
+        kwargs.setdefault("loss_func", CrossEntropyLossFlat())
+        learn = Learner(dls, model, **kwargs)
+    else:
+        learn = vision_learner(dls, arch, pretrained=pretrained, **kwargs)
+    learn.__class__ = CSKDLearner
+    return learn
+
+
+@delegates(plain_learner)
+def cskd_learner(dls: DataLoaders, arch: Union[str, Callable, nn.Module], lam: LamSchedule = 1.0, temp: float = 4.0,
+                 lam_warmup: float = 0.0, pretrained: bool = False, cbs=None, **kwargs) -> CSKDLearner:
+    "A `vision_learner` (or paper model) trained with CS-KD: paired batches + the `CSKD` callback (λ, T, warm-up)."
+    _check_lam(lam); _check_temp(temp); _check_warmup(lam_warmup)
+    check_classes(dls)
+    dls = paired_dls(dls)
+    cbs = L(cbs) + [CSKD(lam=lam, temp=temp, lam_warmup=lam_warmup)]
+    return plain_learner(dls, arch, pretrained=pretrained, cbs=cbs, **kwargs)
