@@ -1,6 +1,7 @@
 """The distillation term shared by CS-KD and teacher KD (Hinton, Vinyals, Dean, 2015)."""
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor
 
@@ -8,11 +9,12 @@ __all__ = ["softened_kl"]
 
 
 def softened_kl(student_logits: Tensor, target_logits: Tensor, temp: float = 4.0) -> Tensor:
-    "Batch-mean T²·KL(softmax(target/T) ‖ softmax(student/T)) in float32; `target_logits` is detached."
+    "Batch-mean T²·KL(softmax(target/T) ‖ softmax(student/T)) in at least float32; `target_logits` is detached."
     if student_logits.shape != target_logits.shape:
         raise ValueError(f"student and target logits must have the same shape, got "
                          f"{tuple(student_logits.shape)} and {tuple(target_logits.shape)}")
-    log_s = F.log_softmax(student_logits.float() / temp, dim=-1)
-    log_t = F.log_softmax(target_logits.detach().float() / temp, dim=-1)
+    dt = torch.promote_types(student_logits.dtype, torch.float32)  # fp16/bf16 -> fp32; fp64 stays fp64
+    log_s = F.log_softmax(student_logits.to(dt) / temp, dim=-1)
+    log_t = F.log_softmax(target_logits.detach().to(dt) / temp, dim=-1)
     # sum over classes, mean over rows ('batchmean'); T^2 keeps gradient magnitudes independent of T
     return F.kl_div(log_s, log_t, reduction="batchmean", log_target=True) * temp ** 2
