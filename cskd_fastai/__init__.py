@@ -5,7 +5,7 @@ from .data import PairedDL, paired_dls, dataset_labels, check_classes
 from .losses import class_wise_kd, ClassWiseKDLoss
 from .callback import CSKD, warmup_schedule
 from .learner import cskd_learner, plain_learner, CSKDLearner
-#TMP from .metrics import cskd_metrics, classification_metrics
+from .metrics import cskd_metrics, classification_metrics
 
 __all__ = ["PairedDL", "paired_dls", "dataset_labels", "check_classes", "class_wise_kd", "ClassWiseKDLoss",
            "CSKD", "warmup_schedule", "cskd_learner", "plain_learner", "CSKDLearner", "cskd_metrics",

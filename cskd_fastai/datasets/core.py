@@ -1,0 +1,167 @@
+"""Dataset containers, the layout error, the loader registry and the shared path helpers.
+
+Loaders only *list* items (paths, or uint8 arrays for datasets that ship as arrays); nothing is decoded here,
+so listing ImageNet-sized folders stays a matter of `os.scandir` calls.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable
+
+__all__ = ["ImageSplit", "ImageDataset", "DatasetLayoutError", "DATASETS", "load_dataset", "register",
+           "IMAGE_EXTENSIONS"]
+
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp"})
+ROOT_HINT = "with --data-root DIR or dataset.root in the recipe"
+
+
+@dataclass
+class ImageSplit:
+    "One split: `items[i]` (a `Path` to an image file, or an HxWx3 uint8 array) has class `labels[i]`."
+    items: list
+    labels: list[int]
+
+    def __post_init__(self):
+        if len(self.items) != len(self.labels):
+            raise ValueError(f"ImageSplit has {len(self.items)} items but {len(self.labels)} labels")
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+
+@dataclass
+class ImageDataset:
+    "A named dataset: class names in label order, a train split and the test split the paper reports on."
+    name: str
+    classes: list[str]
+    train: ImageSplit
+    test: ImageSplit
+
+    def __repr__(self) -> str:
+        return (f"ImageDataset({self.name!r}, {len(self.classes)} classes, "
+                f"{len(self.train)} train / {len(self.test)} test)")
+
+
+class DatasetLayoutError(ValueError):
+    "The data root does not hold the official on-disk layout; the message is one line naming what is wrong."
+    def __init__(self, message: str):
+        super().__init__(" ".join(str(message).split()))  # always a single line
+
+
+DATASETS: dict[str, Callable[..., ImageDataset]] = {}
+
+
+def register(name: str):
+    "Decorator adding a loader `fn(root=None, **kwargs) -> ImageDataset` to `DATASETS`."
+    def deco(fn):
+        DATASETS[name] = fn
+        return fn
+    return deco
+
+
+def _canonical(name: str) -> str:
+    return str(name).strip().lower().replace("-", "_")
+
+
+def load_dataset(name: str, root: str | Path | None = None, **kwargs) -> ImageDataset:
+    "Load dataset `name` from its official layout under `root`; extra keywords go to that loader."
+    key = _canonical(name)
+    if key not in DATASETS:
+        raise ValueError(f"unknown dataset {name!r}; known: {', '.join(sorted(DATASETS))}")
+    return DATASETS[key](root, **kwargs)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# helpers shared by the loaders
+
+
+class Layout:
+    "What a loader expects: used to turn missing files into one-line `DatasetLayoutError`s."
+    def __init__(self, label: str, expected: str, holds: str):
+        self.label, self.expected, self.holds = label, expected, holds
+
+    def error(self, root: Path, what: str) -> DatasetLayoutError:
+        return DatasetLayoutError(f"{self.label} root {root}: {what}; expected {self.expected}")
+
+    def missing(self, root: Path, path: Path | str, kind: str = "") -> DatasetLayoutError:
+        rel = _rel(path, root)
+        return self.error(root, f"missing {rel}{'/' if kind == 'dir' else ''}")
+
+    def root(self, root: str | Path | None) -> Path:
+        "Validate that `root` was given and exists."
+        if root is None or str(root) == "":
+            raise DatasetLayoutError(f"{self.label} needs a data root (the folder that holds {self.holds}); "
+                                     f"pass it {ROOT_HINT}")
+        root = Path(root).expanduser()
+        if not root.exists():
+            raise DatasetLayoutError(f"{self.label} root {root} does not exist; pass the folder that holds "
+                                     f"{self.holds} {ROOT_HINT}")
+        if not root.is_dir():
+            raise DatasetLayoutError(f"{self.label} root {root} is not a directory; pass the folder that "
+                                     f"holds {self.holds} {ROOT_HINT}")
+        return root
+
+    def require_file(self, root: Path, path: Path) -> Path:
+        if not path.is_file():
+            raise self.missing(root, path)
+        return path
+
+    def require_dir(self, root: Path, path: Path) -> Path:
+        if not path.is_dir():
+            raise self.missing(root, path, "dir")
+        return path
+
+
+def _rel(path: Path | str, root: Path) -> str:
+    try:
+        return Path(path).relative_to(root).as_posix()
+    except ValueError:
+        return str(path)
+
+
+def nested_base(root: Path, sub: str, marker: str) -> Path:
+    """The official top folder `root/sub` when it exists, else `root` itself when it already holds `marker`
+    (the user pointed at the top folder), else `root/sub` so that errors name the nested path."""
+    if (root / sub).is_dir():
+        return root / sub
+    if (root / marker).exists():
+        return root
+    return root / sub
+
+
+def is_image(name: str) -> bool:
+    return os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
+
+
+def list_images(folder: Path) -> list[Path]:
+    "Image files directly inside `folder`, sorted by name; no decoding and no `stat` beyond `scandir`."
+    with os.scandir(folder) as it:
+        names = sorted(e.name for e in it if is_image(e.name) and e.is_file())
+    return [folder / n for n in names]
+
+
+def list_subdirs(folder: Path) -> list[str]:
+    "Sorted names of the (non-hidden) sub-folders of `folder`."
+    with os.scandir(folder) as it:
+        return sorted(e.name for e in it if e.is_dir() and not e.name.startswith("."))
+
+
+def read_lines(path: Path) -> list[str]:
+    "Non-empty stripped lines of a text file (tolerates CRLF and a BOM)."
+    with open(path, encoding="utf-8-sig", errors="replace") as f:
+        return [ln.strip() for ln in f if ln.strip()]
+
+
+def split_by_folder(layout: Layout, root: Path, split_dir: Path, classes: Iterable[str],
+                    nested: str = "") -> ImageSplit:
+    "Items of `split_dir/<class>/[nested/]*.img` with labels in the order of `classes`."
+    items, labels = [], []
+    for i, c in enumerate(classes):
+        d = split_dir / c / nested if nested else split_dir / c
+        layout.require_dir(root, d)
+        files = list_images(d)
+        items += files
+        labels += [i] * len(files)
+    return ImageSplit(items, labels)

@@ -1,0 +1,133 @@
+"""Streaming fastai metrics for CS-KD reports: top-k error, ECE, NLL and Brier score.
+
+Each fastai `Metric` reads `learn.pred` (raw logits) and `learn.yb[0]` (targets) once per batch and keeps
+running sums, so a validation pass never holds all predictions; the values equal `classification_metrics`
+on the concatenated logits. ECE is the exception that needs per-sample state (bins are only known at the
+end), and keeps one confidence and one correctness flag per sample in `TopLabelCalibrationError`, a
+torchmetrics `Metric`. All objects are plain picklable Python, as `Learner.export` pickles its metrics.
+"""
+from __future__ import annotations
+
+from fastai.learner import Metric
+from fastai.torch_core import to_detach
+from torch import Tensor
+from torchmetrics import Metric as TMMetric
+from torchmetrics.utilities import dim_zero_cat
+
+from .functional import (_brier_per_sample, _check_logits_targets, _check_n_bins, _nll_per_sample,
+                         _top_k_correct, _upcast, calibration_error_from_confidences, top_label_confidences)
+
+__all__ = ["TopLabelCalibrationError", "TopKError", "NLL", "Brier", "ECE", "cskd_metrics"]
+
+
+class TopLabelCalibrationError(TMMetric):
+    "Stateful torchmetrics top-label ECE of raw logits, with `calibration_error`'s binning (`conf == 1.0` in the last bin)."
+    # Not a `MulticlassCalibrationError` subclass: that one needs `num_classes` up front, casts confidences to
+    # float32 and skips softmax when all logits happen to lie in [0, 1]; only its binning needed fixing.
+    is_differentiable = False
+    higher_is_better = False
+    full_state_update = False
+    plot_lower_bound = 0.0
+    plot_upper_bound = 1.0
+
+    confidences: list[Tensor]
+    accuracies: list[Tensor]
+
+    def __init__(self, n_bins: int = 15, **kwargs):
+        super().__init__(**kwargs)
+        _check_n_bins(n_bins)
+        self.n_bins = n_bins
+        self.add_state("confidences", [], dist_reduce_fx="cat")
+        self.add_state("accuracies", [], dist_reduce_fx="cat")
+
+    def update(self, preds: Tensor, target: Tensor) -> None:
+        "Add a batch of raw logits `(N, C)` and integer targets `(N,)`."
+        conf, correct = top_label_confidences(preds, target)
+        self.confidences.append(conf)
+        self.accuracies.append(correct)
+
+    def compute(self) -> Tensor:
+        "ECE over every sample seen since the last `reset`."
+        return calibration_error_from_confidences(dim_zero_cat(self.confidences), dim_zero_cat(self.accuracies),
+                                                  self.n_bins)
+
+
+def _batch(learn) -> tuple[Tensor, Tensor]:
+    "Detached logits and targets of the current batch (gathered across processes under DDP, as `AccumMetric` does)."
+    detach = getattr(learn, "to_detach", to_detach)  # a stand-in `learn` (tests, custom loops) may not have it
+    pred, targ = detach(learn.pred), detach(learn.yb[0])
+    _check_logits_targets(pred, targ)
+    return pred, targ
+
+
+class _StreamingMean(Metric):
+    "Mean of a per-sample quantity kept as a running float64 sum and count (`None` before any batch)."
+    def __init__(self, name: str): self._name = name; self.reset()
+    def reset(self) -> None: self.total, self.count = 0.0, 0
+    def per_sample(self, pred: Tensor, targ: Tensor) -> Tensor: raise NotImplementedError
+
+    def accumulate(self, learn) -> None:
+        pred, targ = _batch(learn)
+        # a Python float sum is float64, so long validation sets don't lose precision as a float32 sum would
+        self.total += float(self.per_sample(pred, targ).sum())
+        self.count += targ.shape[0]
+
+    @property
+    def value(self) -> float | None: return self.total / self.count if self.count else None
+    @property
+    def name(self) -> str: return self._name
+    def __repr__(self) -> str: return f"{type(self).__name__}(name={self._name!r})"
+
+
+class TopKError(_StreamingMean):
+    "Streaming top-k error in [0, 1] (`top{k}_err`); `k` is clipped to the number of classes."
+    def __init__(self, k: int = 1):
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise ValueError(f"expected k to be a positive int, got {k!r}")
+        self.k = k
+        super().__init__(f"top{k}_err")
+
+    def per_sample(self, pred: Tensor, targ: Tensor) -> Tensor:
+        return (~_top_k_correct(_upcast(pred), targ, self.k)).double()
+
+
+class NLL(_StreamingMean):
+    "Streaming mean negative log-likelihood (cross-entropy) of the logits (`nll`)."
+    def __init__(self): super().__init__("nll")
+    def per_sample(self, pred: Tensor, targ: Tensor) -> Tensor: return _nll_per_sample(pred, targ)
+
+
+class Brier(_StreamingMean):
+    "Streaming multi-class Brier score, sum over classes of (p - onehot)^2 averaged over samples (`brier`)."
+    def __init__(self): super().__init__("brier")
+    def per_sample(self, pred: Tensor, targ: Tensor) -> Tensor: return _brier_per_sample(pred, targ)
+
+
+class ECE(Metric):
+    "Top-label expected calibration error with `n_bins` equal-width bins (`ece`), wrapping `TopLabelCalibrationError`."
+    def __init__(self, n_bins: int = 15):
+        _check_n_bins(n_bins)
+        self.n_bins = n_bins
+        # fastai's `to_detach` already gathered every process's batch; a second sync in compute would double count
+        self.metric = TopLabelCalibrationError(n_bins, sync_on_compute=False)
+        self.reset()
+
+    def reset(self) -> None:
+        self.metric.reset()
+        self.count = 0
+
+    def accumulate(self, learn) -> None:
+        pred, targ = _batch(learn)
+        self.metric.update(pred, targ)
+        self.count += targ.shape[0]
+
+    @property
+    def value(self) -> float | None: return float(self.metric.compute()) if self.count else None
+    @property
+    def name(self) -> str: return "ece"
+    def __repr__(self) -> str: return f"ECE(n_bins={self.n_bins})"
+
+
+def cskd_metrics(n_bins: int = 15) -> list:
+    "Fresh `[top1_err, top5_err, ece, nll, brier]` metrics for a CS-KD `Learner`."
+    return [TopKError(1), TopKError(5), ECE(n_bins), NLL(), Brier()]
