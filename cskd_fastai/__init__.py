@@ -1,6 +1,11 @@
 """cskd-fastai: class-wise self-knowledge distillation (Yun et al., CVPR 2020) as a one-line fastai addition."""
 __version__ = "0.1.0"
 
+import warnings as _warnings
+
+# fastai calls torch.jit.script at import time; torch 2.14 warns about it on every import (not our code's use)
+_warnings.filterwarnings("ignore", message="`torch.jit.script` is deprecated", category=FutureWarning)
+
 from .data import PairedDL, paired_dls, dataset_labels, check_classes
 from .losses import class_wise_kd, ClassWiseKDLoss
 from .callback import CSKD, warmup_schedule

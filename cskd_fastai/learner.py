@@ -5,6 +5,7 @@ import inspect
 from typing import Callable, Union
 
 import cloudpickle
+import fastai.callback.schedule  # noqa: F401  (patches fit_one_cycle / lr_find onto Learner)
 from fastai.callback.mixup import MixHandler
 from fastai.callback.training import GradientAccumulation
 from fastai.data.core import DataLoaders
@@ -17,11 +18,12 @@ from torch import nn
 
 from .callback import CSKD, LamSchedule, _check_lam, _check_temp, _check_warmup
 from .data import check_classes, paired_dls
+from .teacher import TeacherKD
 
 __all__ = ["cskd_learner", "plain_learner", "CSKDLearner", "TRAINING_ONLY_CALLBACKS"]
 
 # Callbacks that only make sense while training; an exported learner carries none of them
-TRAINING_ONLY_CALLBACKS: tuple = (CSKD, MixHandler, GradientAccumulation)
+TRAINING_ONLY_CALLBACKS: tuple = (CSKD, TeacherKD, MixHandler, GradientAccumulation)
 
 
 def register_training_only(*cb_types: type) -> None:

@@ -1,0 +1,142 @@
+"""`cskd-fastai`: train / eval / compare / check / analyze / demo, with one-line errors for bad input."""
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Class-wise self-knowledge distillation (CS-KD, Yun et al. CVPR 2020) for fastai.")
+
+
+@app.callback()
+def _main():
+    "Class-wise self-knowledge distillation (CS-KD) for fastai: paper recipes, honest reports, a demo app."
+    # A callback keeps typer from collapsing the command name when only one command is registered.
+
+
+def _fail(msg: str, code: int = 2):
+    typer.echo(f"error: {msg}", err=True)
+    raise typer.Exit(code)
+
+
+def _one_line(e: BaseException) -> str:
+    "fastai wraps callback errors over several lines; keep the informative last one."
+    lines = [l.strip() for l in str(e).splitlines() if l.strip()]
+    msg = lines[-1] if lines else type(e).__name__
+    return msg.split(": ", 1)[1] if msg.startswith(("cskd_fastai.", "ValueError: ")) and ": " in msg else msg
+
+
+def _guard(fn, *args, **kwargs):
+    "Run a command; expected bad input becomes one `error:` line (exit 2), anything else one line + exit 1."
+    from .datasets import DatasetLayoutError
+    from .recipe import RecipeError
+    from .rundir import RunDirError
+    from .train import RunExistsError
+    if os.environ.get("CSKD_DEBUG"): return fn(*args, **kwargs)
+    try:
+        return fn(*args, **kwargs)
+    except (RecipeError, DatasetLayoutError, RunDirError, RunExistsError) as e: _fail(str(e))
+    except (ValueError, FileNotFoundError, KeyError, TypeError) as e: _fail(_one_line(e))
+    except KeyboardInterrupt: _fail("interrupted; finished epochs are checkpointed: rerun with --resume", 130)
+    except typer.Exit: raise
+    except Exception as e:
+        _fail(f"{type(e).__name__}: {_one_line(e)} (set CSKD_DEBUG=1 for the traceback)", 1)
+
+
+@app.command()
+def train(recipe: Path = typer.Argument(..., help="recipe YAML, e.g. recipes/quickstart.yaml"),
+          set_: List[str] = typer.Option([], "--set", help="override a key: --set train.epochs=10 (repeatable)"),
+          data_root: Optional[str] = typer.Option(None, "--data-root", help="dataset root (overrides dataset.root)"),
+          out: Path = typer.Option(Path("runs"), "--out", help="where run directories go"),
+          seed: Optional[List[int]] = typer.Option(None, "--seed", help="train these seeds instead of the recipe's"),
+          only: Optional[List[str]] = typer.Option(None, "--only", help="train only these methods (name or label)"),
+          resume: bool = typer.Option(False, "--resume", help="continue unfinished runs from their last epoch, skip finished ones"),
+          progress: Optional[bool] = typer.Option(None, "--progress/--no-progress", help="progress bars (default: on a terminal)")):
+    "Train every method x seed of a recipe, then print the comparison table."
+    def _do():
+        from .compare import collect, summarize, to_markdown
+        from .recipe import load_recipe
+        from .train import train_recipe
+        sets = list(set_) + ([f"seeds=[{','.join(map(str, seed))}]"] if seed else [])
+        r = load_recipe(recipe, sets)
+        dirs = train_recipe(r, out, data_root=data_root, resume=resume, only=only or None, progress=progress)
+        typer.echo("\n" + to_markdown(summarize(collect(dirs))))
+    _guard(_do)
+
+
+@app.command("eval")
+def evaluate(run_dir: Path = typer.Argument(..., help="a finished run directory"),
+             data: Optional[str] = typer.Option(None, "--data", help="dataset root (default: the recipe's)"),
+             split: str = typer.Option("test", help="test, or valid... only test is re-read from disk")):
+    "Re-evaluate a run's exported learner on its recipe's test set; prints metrics as JSON."
+    def _do():
+        from .evaluate import evaluate_run
+        typer.echo(json.dumps(evaluate_run(run_dir, data_root=data), indent=2))
+    _guard(_do)
+
+
+@app.command()
+def compare(run_dirs: List[Path] = typer.Argument(..., help="run directories or folders that contain them"),
+            csv: Optional[Path] = typer.Option(None, "--csv", help="also write the table as CSV here")):
+    "One table of test top-1/top-5 error, ECE and NLL (mean ± std over seeds) per dataset/model/method."
+    def _do():
+        from .compare import collect, summarize, to_csv, to_markdown
+        s = summarize(collect(run_dirs))
+        typer.echo(to_markdown(s))
+        if csv: to_csv(s, csv); typer.echo(f"wrote {csv}")
+    _guard(_do)
+
+
+@app.command()
+def check(recipe: Path = typer.Argument(..., help="recipe YAML"),
+          set_: List[str] = typer.Option([], "--set", help="override a key (repeatable)"),
+          data_root: Optional[str] = typer.Option(None, "--data-root", help="dataset root (overrides dataset.root)"),
+          no_data: bool = typer.Option(False, "--no-data", help="validate the recipe only, not the dataset layout")):
+    "Validate a recipe and its dataset layout without training."
+    def _do():
+        from .recipe import load_recipe
+        r = load_recipe(recipe, list(set_))
+        runs = [f"{m.run_label} x seeds {r.seeds}" for m in r.methods]
+        typer.echo(f"recipe {recipe}: ok ({r.name}: {r.dataset.name}, {r.model.arch}, {r.train.epochs} epochs; runs: {'; '.join(runs)})")
+        if no_data: return
+        from .train import load_data
+        d = load_data(r, data_root)
+        typer.echo(f"dataset {d.name}: ok ({len(d.classes)} classes, {len(d.train.items)} train, {len(d.test.items)} test)")
+    _guard(_do)
+
+
+@app.command()
+def analyze(run_dirs: List[Path] = typer.Argument(..., help="finished run directories (e.g. a CE and a CS-KD run)"),
+            out: Path = typer.Option(Path("analysis"), "--out", help="output folder"),
+            data_root: Optional[str] = typer.Option(None, "--data-root", help="dataset root (default: each recipe's)"),
+            max_items: Optional[int] = typer.Option(None, "--max-items", help="analyze at most this many test images")):
+    "Recall@k of embeddings, intra-class variation, over-confidence and t-SNE plots, compared across runs."
+    def _do():
+        from .analysis import analyze_runs
+        report = analyze_runs(run_dirs, out, data_root=data_root, max_items=max_items)
+        typer.echo(f"wrote {report}")
+    _guard(_do)
+
+
+@app.command()
+def demo(run_dirs: List[Path] = typer.Argument(..., help="finished run directories to compare side by side"),
+         host: str = typer.Option("127.0.0.1", help="bind address (keep 127.0.0.1 unless you mean to expose it)"),
+         port: Optional[int] = typer.Option(None, help="port (default: a free one)")):
+    "Launch the Gradio app: calibrated predictions of trained learners, side by side."
+    def _do():
+        from .app import launch
+        launch([str(p) for p in run_dirs], host=host, port=port)
+    _guard(_do)
+
+
+def main():
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,38 @@
+"""`eval`: re-evaluate a run's exported learner on its recipe's test set (or another root)."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import torch
+from fastcore.basics import noop
+
+from .metrics import classification_metrics
+from .recipe import Recipe
+from .rundir import RunDirError, load_run, load_run_learner
+
+__all__ = ["evaluate_run", "predict_logits"]
+
+
+def predict_logits(learn, items, bs: int = 64) -> torch.Tensor:
+    "Raw logits of `learn` on `items` (paths or arrays) through the learner's own validation pipeline."
+    dl = learn.dls.test_dl(items, bs=bs, num_workers=0)
+    preds, _ = learn.get_preds(dl=dl, act=noop)
+    return preds
+
+
+def evaluate_run(run_dir, data_root: Optional[str] = None) -> dict:
+    "Test metrics of the run's exported learner, recomputed from the images on disk."
+    from .train import load_data
+    run = load_run(run_dir)
+    recipe = Recipe.model_validate(run.recipe)
+    data = load_data(recipe, data_root)
+    learn = load_run_learner(run_dir)
+    vocab = [str(v) for v in learn.dls.vocab]
+    if vocab != [str(c) for c in data.classes]:
+        raise RunDirError(f"the data at {data_root or recipe.dataset.root} has other classes than run {run_dir} "
+                          f"({len(data.classes)} vs {len(vocab)}); pass the dataset the run was trained on")
+    with learn.no_bar(), learn.no_logging():
+        logits = predict_logits(learn, list(data.test.items))
+    labels = torch.tensor(list(data.test.labels))
+    return dict(run=str(Path(run_dir)), n_test=len(labels), test=classification_metrics(logits, labels))

@@ -1,0 +1,61 @@
+"""Architectures of the CS-KD paper (Yun et al., CVPR 2020), one small file per family.
+
+CIFAR-100 / Tiny-ImageNet use the CIFAR-style PreAct ResNet-18 and DenseNet-121-BC of the official code;
+the fine-grained sets (CUB-200, Stanford Dogs, MIT67) use torchvision's ResNet-18 / DenseNet-121,
+all trained from scratch.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+from torch import nn
+
+from .cifar_densenet import CIFARDenseNet, cifar_densenet121
+from .cifar_resnet import CIFARPreActResNet, PreActBlock, cifar_resnet18
+from .imagenet import densenet121, resnet18
+from .small_cnn import SmallCNN, small_cnn
+
+__all__ = ["PAPER_MODELS", "create_paper_model", "classifier_of",
+           "cifar_resnet18", "cifar_densenet121", "resnet18", "densenet121",
+           "CIFARPreActResNet", "CIFARDenseNet", "PreActBlock", "small_cnn", "SmallCNN"]
+
+# Every entry takes (num_classes, in_channels=3); keys are the names recipes and the CLI refer to.
+PAPER_MODELS: dict[str, Callable[..., nn.Module]] = {
+    "cifar_resnet18": cifar_resnet18,
+    "cifar_densenet121": cifar_densenet121,
+    "resnet18": resnet18,
+    "densenet121": densenet121,
+    "small_cnn": small_cnn,   # not from the paper: a fast CPU model for the quickstart and small experiments
+}
+
+# Where each known family keeps its final layer: ours (`linear`, as in the official CS-KD code),
+# torchvision ResNet (`fc`) and torchvision DenseNet (`classifier`).
+_HEAD_ATTRS = ("linear", "fc", "classifier")
+
+
+def create_paper_model(name: str, num_classes: int, in_channels: int = 3) -> nn.Module:
+    "Build one of the CS-KD paper's architectures (Yun et al. 2020) by registry name, untrained."
+    try:
+        factory = PAPER_MODELS[name]
+    except KeyError:
+        raise ValueError(f"unknown model {name!r}; valid names: {', '.join(sorted(PAPER_MODELS))}") from None
+    return factory(num_classes=num_classes, in_channels=in_channels)
+
+
+def classifier_of(model: nn.Module) -> nn.Linear:
+    """Final `nn.Linear` of a paper model or torchvision ResNet/DenseNet; its input is the pooled embedding.
+
+    Hook it with `register_forward_hook` to read the penultimate features (`inputs[0]`, shape (batch, dim)).
+    Wrappers exposing `.module` (DataParallel / DDP) are looked through.
+    """
+    while hasattr(model, "module") and isinstance(model.module, nn.Module):
+        model = model.module
+    for attr in _HEAD_ATTRS:
+        head = getattr(model, attr, None)
+        if isinstance(head, nn.Linear):
+            return head
+    # Unknown family: the last Linear registered is the head for plain feed-forward classifiers.
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    if not linears:
+        raise TypeError(f"{type(model).__name__} has no nn.Linear layer to use as classifier")
+    return linears[-1]

@@ -1,0 +1,170 @@
+"""Recipes: one YAML per dataset, validated by pydantic, expanded into one run per (method, seed)."""
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Literal, Optional, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+__all__ = ["Recipe", "RecipeError", "load_recipe", "apply_overrides", "Method", "DatasetCfg", "ModelCfg", "TrainCfg"]
+
+
+class RecipeError(ValueError):
+    "A recipe that cannot be used (one line: file, key, what was expected)."
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DatasetCfg(_Strict):
+    name: str = Field(description="a loader in cskd_fastai.datasets (cifar100, cub, digits, ...)")
+    root: Optional[str] = Field(None, description="dataset root; --data-root overrides; none for digits")
+    image_size: int = Field(32, gt=0, le=1024)
+    valid_pct: float = Field(0.1, gt=0, lt=0.9, description="stratified validation split carved from train")
+    train_per_class: Optional[int] = Field(None, gt=0, description="subsample the training set (fashion_mnist)")
+
+    @field_validator("name")
+    @classmethod
+    def _known(cls, v: str) -> str:
+        from .datasets import DATASETS
+        key = v.lower().replace("-", "_")
+        if key not in DATASETS: raise ValueError(f"unknown dataset {v!r}; expected one of {sorted(DATASETS)}")
+        return key
+
+
+class ModelCfg(_Strict):
+    arch: str = Field(description="a paper model (cifar_resnet18, cifar_densenet121, resnet18, densenet121, "
+                                  "small_cnn) or, with head: fastai, a torchvision name / 'timm:NAME'")
+    head: Literal["paper", "fastai"] = "paper"
+    pretrained: bool = False
+
+
+class Method(_Strict):
+    name: Literal["ce", "label_smoothing", "cskd"]
+    label: Optional[str] = Field(None, description="name of this method's runs (default derived)")
+    lam: float = Field(1.0, ge=0, description="CS-KD weight λ")
+    temp: float = Field(4.0, gt=0, description="CS-KD temperature T")
+    lam_warmup: float = Field(0.0, ge=0, le=1, description="linear warm-up of λ over this fraction of training")
+    smoothing: float = Field(0.1, ge=0, lt=1, description="label_smoothing ε")
+    mix: Optional[Literal["mixup", "cutmix"]] = None
+    mix_alpha: float = Field(1.0, gt=0)
+    teacher: Optional[str] = Field(None, description="run dir of an exported teacher: adds standard KD")
+    teacher_weight: float = Field(1.0, ge=0)
+    teacher_temp: float = Field(4.0, gt=0)
+
+    @property
+    def run_label(self) -> str:
+        if self.label: return self.label
+        s = {"ce": "ce", "label_smoothing": f"ls{self.smoothing:g}",
+             "cskd": f"cskd-lam{self.lam:g}-T{self.temp:g}" + (f"-wu{self.lam_warmup:g}" if self.lam_warmup else "")}[self.name]
+        if self.mix: s += f"+{self.mix}"
+        if self.teacher: s += "+teacher"
+        return s
+
+
+class TrainCfg(_Strict):
+    epochs: int = Field(gt=0)
+    bs: int = Field(gt=1, description="batch size in anchors (CS-KD adds as many partners)")
+    lr: float = Field(gt=0)
+    optimizer: Literal["sgd", "adam"] = "sgd"
+    momentum: float = Field(0.9, ge=0, lt=1)
+    wd: float = Field(1e-4, ge=0)
+    schedule: Literal["paper", "one_cycle", "constant"] = "paper"
+    milestones: list[float] = Field([0.5, 0.75], description="paper schedule: lr ÷10 at these fractions of the epochs")
+    augment: Literal["none", "flip", "crop", "crop_flip", "resized_crop_flip"] = "crop_flip"
+    mixed_precision: Literal["none", "bf16", "fp16"] = "none"
+    channels_last: bool = False
+    compile: bool = False
+    workers: int = Field(0, ge=0)
+    select: Literal["last", "best_valid"] = Field("last", description="report the last epoch or the best on VALID")
+    drop_last: bool = False
+
+
+    @field_validator("milestones")
+    @classmethod
+    def _fractions(cls, v: list) -> list:
+        if any(not 0 < m < 1 for m in v) or v != sorted(v): raise ValueError("expected increasing fractions in (0, 1)")
+        return v
+
+
+class Recipe(_Strict):
+    name: str
+    description: str = ""
+    dataset: DatasetCfg
+    model: ModelCfg
+    train: TrainCfg
+    methods: list[Method] = Field(min_length=1)
+    seeds: list[int] = Field([0], min_length=1)
+
+    @model_validator(mode="after")
+    def _unique_labels(self):
+        labels = [m.run_label for m in self.methods]
+        dup = sorted({l for l in labels if labels.count(l) > 1})
+        if dup: raise ValueError(f"methods share the run label(s) {dup}; give each a distinct 'label'")
+        return self
+
+    def runs(self) -> list["Recipe"]:
+        "One single-method, single-seed recipe per run, in training order."
+        return [self.model_copy(update=dict(methods=[m], seeds=[s]), deep=True) for m in self.methods for s in self.seeds]
+
+    @property
+    def method(self) -> Method: return self.methods[0]
+    @property
+    def seed(self) -> int: return self.seeds[0]
+
+    def to_yaml(self) -> str: return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+def _fmt_error(src: str, e: ValidationError) -> str:
+    err = e.errors()[0]
+    key = ".".join(str(p) for p in err["loc"]) or "(top level)"
+    msg = err["msg"]
+    if err["type"] == "extra_forbidden": msg = "unknown key (check its spelling against recipes/*.yaml)"
+    elif err["type"] == "missing": msg = "required key is missing"
+    got = "" if err["type"] in ("missing", "extra_forbidden") else f" (got {err.get('input')!r})"
+    more = f" [+{len(e.errors()) - 1} more]" if len(e.errors()) > 1 else ""
+    return f"{src}: {key}: {msg}{got}{more}"
+
+
+def _parse_value(v: str):
+    try: return yaml.safe_load(v)
+    except yaml.YAMLError: return v
+
+
+def apply_overrides(data: dict, overrides: list[str], src: str = "--set") -> dict:
+    "Apply `key.sub=value` overrides (values parsed as YAML; `methods.0.lam=3` indexes lists)."
+    data = copy.deepcopy(data)
+    for ov in overrides or []:
+        if "=" not in ov: raise RecipeError(f"{src} {ov!r}: expected key=value, e.g. train.epochs=10")
+        key, val = ov.split("=", 1)
+        parts, node = key.strip().split("."), data
+        for i, p in enumerate(parts):
+            last = i == len(parts) - 1
+            if isinstance(node, list):
+                if not p.isdigit() or int(p) >= len(node):
+                    raise RecipeError(f"{src} {key}: {p!r} is not an index of a {len(node)}-item list")
+                if last: node[int(p)] = _parse_value(val)
+                else: node = node[int(p)]
+            elif isinstance(node, dict):
+                if last: node[p] = _parse_value(val)
+                else: node = node.setdefault(p, {})
+            else: raise RecipeError(f"{src} {key}: {'.'.join(parts[:i])} is not a mapping")
+    return data
+
+
+def load_recipe(path: Union[str, Path], overrides: Optional[list[str]] = None) -> Recipe:
+    "Read, override and validate a recipe; any problem is one `RecipeError` line naming file and key."
+    path = Path(path)
+    if not path.exists(): raise RecipeError(f"{path}: recipe file not found (see recipes/*.yaml)")
+    try: data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise RecipeError(f"{path}: malformed YAML{where}: {getattr(e, 'problem', e)}") from None
+    if not isinstance(data, dict): raise RecipeError(f"{path}: expected a mapping of recipe keys, got {type(data).__name__}")
+    data = apply_overrides(data, overrides or [], src=f"{path}: --set")
+    try: return Recipe.model_validate(data)
+    except ValidationError as e: raise RecipeError(_fmt_error(str(path), e)) from None

@@ -1,0 +1,95 @@
+"""Run directories: what `cskd-fastai train` writes, and how `eval`, `compare`, `analyze` and the demo read it.
+
+Layout of one run (one method, one seed):
+    recipe.yaml      the resolved recipe of this run (single method, single seed)
+    env.json         package versions, git commit, device, command line
+    history.csv      one row per epoch (train/valid loss, metrics, CS-KD's CE/KD/λ/confidence columns)
+    metrics.json     {"valid": {...}, "test": {...}, "facts": {...}} — final-epoch (or valid-selected) metrics
+    logits.pt        {"valid": {"logits", "labels"}, "test": {"logits", "labels"}, "classes": [...]}
+    export.pkl       the exported learner (fastai `load_learner`), no training-only callback inside
+    reliability.png, curves.png
+    checkpoint.pth   the last finished epoch (model, optimizer, RNG states), kept for `--resume`
+    DONE             written last: a run without it is unfinished
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable
+
+import torch
+import yaml
+
+__all__ = ["RunDirError", "Run", "load_run", "load_logits", "load_run_learner", "find_runs", "is_done"]
+
+RECIPE, ENV, HISTORY, METRICS, LOGITS, EXPORT, CHECKPOINT, DONE = (
+    "recipe.yaml", "env.json", "history.csv", "metrics.json", "logits.pt", "export.pkl", "checkpoint.pth", "DONE")
+
+
+class RunDirError(ValueError):
+    "A run directory is missing or incomplete (one-line message naming the file)."
+
+
+@dataclass
+class Run:
+    path: Path
+    recipe: dict
+    metrics: dict
+
+    @property
+    def facts(self) -> dict: return self.metrics.get("facts", {})
+    @property
+    def label(self) -> str: return self.facts.get("label") or self.path.name
+
+
+def is_done(path) -> bool: return (Path(path) / DONE).exists()
+
+
+def _need(path: Path, name: str, what: str) -> Path:
+    f = path / name
+    if not f.exists():
+        raise RunDirError(f"run dir {path}: missing {name} ({what}); train it with `cskd-fastai train` "
+                          f"or pass a finished run directory")
+    return f
+
+
+def load_run(path) -> Run:
+    "Read a finished run's recipe and metrics."
+    path = Path(path)
+    if not path.is_dir(): raise RunDirError(f"run dir {path} does not exist")
+    metrics = json.loads(_need(path, METRICS, "the final metrics").read_text())
+    recipe = yaml.safe_load(_need(path, RECIPE, "the resolved recipe").read_text())
+    return Run(path, recipe, metrics)
+
+
+def load_logits(path, split: str = "test") -> tuple[torch.Tensor, torch.Tensor, list]:
+    "(logits, labels, classes) stored for `split` ('valid' or 'test')."
+    d = torch.load(_need(Path(path), LOGITS, "stored logits"), map_location="cpu", weights_only=True)
+    if split not in d: raise RunDirError(f"run dir {path}: {LOGITS} has no {split!r} split (has {sorted(d)})")
+    return d[split]["logits"].float(), d[split]["labels"].long(), list(d.get("classes", []))
+
+
+def load_run_learner(path, cpu: bool = True):
+    "`load_learner` on a run's export, with import problems reported instead of fastai's `UnboundLocalError`."
+    from fastai.learner import load_learner
+    import cskd_fastai.models, cskd_fastai.transforms  # noqa: F401  (classes the pickle may reference)
+    f = _need(Path(path), EXPORT, "the exported learner")
+    try:
+        return load_learner(f, cpu=cpu)
+    except UnboundLocalError as e:  # fastai hides the real ImportError/AttributeError behind this
+        cause = e.__context__ or e
+        raise RunDirError(f"cannot load {f}: {type(cause).__name__}: {cause}; install the packages "
+                          f"the run was trained with (see env.json)") from None
+    except Exception as e:
+        raise RunDirError(f"cannot load {f}: {type(e).__name__}: {e}") from None
+
+
+def find_runs(paths: Iterable) -> list[Path]:
+    "Every finished run directory at or below `paths` (sorted, unique)."
+    found = []
+    for p in map(Path, paths):
+        if not p.exists(): raise RunDirError(f"{p} does not exist")
+        cands = [p] if (p / METRICS).exists() else sorted(m.parent for m in p.rglob(METRICS))
+        found += [c for c in cands if is_done(c)]
+    return sorted(dict.fromkeys(found))

@@ -1,0 +1,345 @@
+"""Train a recipe: one run directory per (method, seed), an honest protocol, resumable.
+
+Protocol: a stratified, seeded validation split is carved from the training data; the test split is evaluated
+once, after the last epoch; metrics are those of the final epoch unless the recipe selects on *validation*.
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import random
+import subprocess
+import sys
+import time
+from functools import partial
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+from fastai.callback.core import Callback
+from fastai.callback.mixup import CutMix, MixUp
+from fastai.callback.progress import ProgressCallback
+from fastai.data.core import Datasets, TfmdLists
+from fastai.data.transforms import Categorize, IntToFloatTensor, Normalize, ToTensor
+from fastai.learner import Recorder
+from fastai.losses import CrossEntropyLossFlat, LabelSmoothingCrossEntropyFlat
+from fastai.optimizer import SGD, Adam
+from fastai.torch_core import set_seed
+from fastai.vision.augment import FlipItem, RandomResizedCrop, Resize
+from fastai.vision.core import imagenet_stats
+
+from . import rundir as R
+from .data import PairedDL, dataset_labels
+from .datasets import ImageDataset, load_dataset
+from .learner import cskd_learner, plain_learner
+from .metrics import classification_metrics, cskd_metrics
+from .recipe import Recipe
+from .teacher import TeacherKD
+from .transforms import PadRandomCrop, load_image
+
+__all__ = ["stratified_split", "load_data", "subsample_per_class", "build_dls", "build_learner", "train_run", "train_recipe", "run_dir_for", "RunExistsError"]
+
+
+def _log(msg: str) -> None: print(msg, flush=True)   # flushed: logs of long runs must show up as they happen
+
+
+class RunExistsError(FileExistsError):
+    "A run directory already exists: nothing is ever overwritten silently."
+
+
+# ---- data ---------------------------------------------------------------------------------------------
+def stratified_split(labels, valid_pct: float, seed: int) -> tuple[list[int], list[int]]:
+    "Per-class seeded split of indices into (train, valid); every class keeps at least one training item."
+    labels = np.asarray(labels)
+    rng = np.random.default_rng(seed)
+    train, valid = [], []
+    for c in np.unique(labels):
+        idx = np.flatnonzero(labels == c)
+        rng.shuffle(idx)
+        n_valid = min(int(round(valid_pct * len(idx))), len(idx) - 1)
+        valid += idx[:n_valid].tolist(); train += idx[n_valid:].tolist()
+    return sorted(train), sorted(valid)
+
+
+def _item_tfms(size: int, augment: str) -> list:
+    if augment == "resized_crop_flip": return [RandomResizedCrop(size), FlipItem(0.5), ToTensor()]
+    tfms = [Resize(size)]
+    if augment in ("crop", "crop_flip"): tfms.append(PadRandomCrop(size, padding=max(1, size // 8)))
+    if augment in ("flip", "crop_flip"): tfms.append(FlipItem(0.5))
+    return tfms + [ToTensor()]
+
+
+def build_dls(recipe: Recipe, data: ImageDataset, seed: int, paired: bool, device=None):
+    "DataLoaders with train (paired for CS-KD), valid (carved from train) and test (index 2) loaders."
+    cfg, tc = recipe.dataset, recipe.train
+    tr_idx, va_idx = stratified_split(data.train.labels, cfg.valid_pct, seed)
+    if not va_idx: raise ValueError(f"dataset.valid_pct={cfg.valid_pct} leaves no validation images; raise it")
+    items = list(data.train.items) + list(data.test.items)
+    ys = [data.classes[l] for l in list(data.train.labels) + list(data.test.labels)]
+    n_tr = len(data.train.items)
+    splits = [tr_idx, va_idx, list(range(n_tr, len(items)))]
+    dsets = Datasets(tls=[TfmdLists(items, [load_image], splits=splits),
+                          TfmdLists(ys, [Categorize(vocab=list(data.classes))], splits=splits)])
+    dl_type = PairedDL if paired else None
+    if device is None: device = "cuda" if torch.cuda.is_available() else "cpu"
+    dls = dsets.dataloaders(bs=tc.bs, dl_type=dl_type, after_item=_item_tfms(cfg.image_size, tc.augment),
+                            after_batch=[IntToFloatTensor(), Normalize.from_stats(*imagenet_stats)],
+                            num_workers=tc.workers, drop_last=tc.drop_last, device=device,
+                            pin_memory=torch.cuda.is_available() and tc.workers > 0)
+    return dls
+
+
+def subsample_per_class(data: ImageDataset, n: int, seed: int = 0) -> ImageDataset:
+    "Keep at most `n` training images per class (seeded); the test split is untouched."
+    from dataclasses import replace
+    keep = []
+    labels = np.asarray(data.train.labels)
+    for c in np.unique(labels):
+        idx = np.flatnonzero(labels == c)
+        keep += sorted(np.random.default_rng(seed + int(c)).permutation(idx)[:n].tolist())
+    keep.sort()
+    train = replace(data.train, items=[data.train.items[i] for i in keep], labels=[int(labels[i]) for i in keep])
+    return replace(data, train=train)
+
+
+def load_data(recipe: Recipe, data_root: Optional[str] = None) -> ImageDataset:
+    "The recipe's dataset (`data_root` overrides `dataset.root`), subsampled if the recipe says so."
+    data = load_dataset(recipe.dataset.name, data_root if data_root is not None else recipe.dataset.root)
+    if recipe.dataset.train_per_class: data = subsample_per_class(data, recipe.dataset.train_per_class)
+    return data
+
+
+# ---- learner ------------------------------------------------------------------------------------------
+def _arch(recipe: Recipe):
+    m = recipe.model
+    if m.head == "paper": return m.arch
+    if m.arch.startswith("timm:"): return m.arch[5:]
+    import torchvision.models as tvm
+    fn = getattr(tvm, m.arch, None)
+    if fn is None: raise ValueError(f"model.arch {m.arch!r} is not a torchvision model; use 'timm:NAME' or head: paper")
+    return fn
+
+
+def build_learner(recipe: Recipe, dls, path: Path):
+    "The learner a single-method recipe asks for (CS-KD or a baseline), with the paper's optimizer settings."
+    meth, tc = recipe.method, recipe.train
+    if tc.optimizer == "sgd": opt_func = partial(SGD, mom=tc.momentum, decouple_wd=False)  # PyTorch SGD's L2 decay
+    else: opt_func = Adam
+    loss_func = LabelSmoothingCrossEntropyFlat(eps=meth.smoothing) if meth.name == "label_smoothing" else CrossEntropyLossFlat()
+    cbs = []
+    if meth.mix == "mixup": cbs.append(MixUp(meth.mix_alpha))
+    if meth.mix == "cutmix": cbs.append(CutMix(meth.mix_alpha))
+    if meth.teacher: cbs.append(TeacherKD.from_run(meth.teacher, weight=meth.teacher_weight, temp=meth.teacher_temp))
+    kw = dict(opt_func=opt_func, loss_func=loss_func, metrics=cskd_metrics(), wd=tc.wd, wd_bn_bias=True,
+              path=path, model_dir=".", cbs=cbs, pretrained=recipe.model.pretrained)
+    if meth.name == "cskd":
+        learn = cskd_learner(dls, _arch(recipe), lam=meth.lam, temp=meth.temp, lam_warmup=meth.lam_warmup, **kw)
+    else:
+        learn = plain_learner(dls, _arch(recipe), **kw)
+    if tc.mixed_precision != "none":
+        if not torch.cuda.is_available():
+            print(f"warning: train.mixed_precision={tc.mixed_precision} needs CUDA; training in float32 on CPU")
+        else: learn = learn.to_bf16() if tc.mixed_precision == "bf16" else learn.to_fp16()
+    return learn
+
+
+class PaperSchedule(Callback):
+    "The paper's step schedule: lr ÷10 at 50% and 75% of the epochs (set per epoch, so resuming is exact)."
+    order = 60
+    def __init__(self, lr: float, milestones=(0.5, 0.75)): self.lr, self.milestones = lr, milestones
+    def before_train(self):
+        k = sum(self.epoch >= int(round(m * self.n_epoch)) for m in self.milestones)
+        self.opt.set_hyper("lr", self.lr * 0.1 ** k)
+
+
+class HistoryCSV(Callback):
+    "Append one row per finished epoch to history.csv (Recorder's columns); skipped (resumed) epochs add nothing."
+    order = Recorder.order + 1
+    def __init__(self, fname: Path, start_epoch: int = 0): self.fname, self.start_epoch = Path(fname), start_epoch
+    def before_fit(self):
+        if self.start_epoch == 0 or not self.fname.exists():
+            self.fname.write_text(",".join(self.recorder.metric_names) + "\n")
+    def after_epoch(self):
+        if self.epoch < self.start_epoch: return
+        row = [("" if v is None else (f"{v:.6g}" if isinstance(v, float) else str(v))) for v in self.recorder.log]
+        with open(self.fname, "a") as f: f.write(",".join(row) + "\n")
+
+
+def _rng_state(learn) -> dict:
+    return dict(python=random.getstate(), numpy=np.random.get_state(), torch=torch.get_rng_state(),
+                cuda=torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+                dls=[dl.rng.getstate() for dl in learn.dls.loaders])
+
+
+def _set_rng_state(learn, st: dict) -> None:
+    random.setstate(st["python"]); np.random.set_state(st["numpy"]); torch.set_rng_state(st["torch"])
+    if st.get("cuda") is not None and torch.cuda.is_available(): torch.cuda.set_rng_state_all(st["cuda"])
+    for dl, s in zip(learn.dls.loaders, st["dls"]): dl.rng.setstate(s)
+
+
+class EpochCheckpoint(Callback):
+    "After each epoch: model, optimizer, RNG states and best-on-valid bookkeeping, written atomically."
+    order = HistoryCSV.order + 1
+    def __init__(self, run_dir: Path, select: str, best: Optional[dict] = None):
+        self.run_dir, self.select, self.best = Path(run_dir), select, best or {"epoch": -1, "value": float("inf")}
+    def after_epoch(self):
+        if self.epoch < getattr(self.learn, "_start_epoch", 0): return
+        if self.select == "best_valid":
+            v = self.recorder.log[self.recorder.metric_names.index("top1_err")]
+            if v is not None and v < self.best["value"]:
+                self.best = {"epoch": self.epoch, "value": float(v)}
+                torch.save(self.learn.model.state_dict(), self.run_dir / "best.pth")
+        state = dict(model=self.learn.model.state_dict(), opt=self.learn.opt.state_dict(), epoch=self.epoch,
+                     rng=_rng_state(self.learn), best=self.best)
+        tmp = self.run_dir / (R.CHECKPOINT + ".tmp")
+        torch.save(state, tmp); os.replace(tmp, self.run_dir / R.CHECKPOINT)
+
+
+class _EpochLineLogger:
+    "Recorder's logger when stdout is not a terminal: `epoch 3/30 train_loss=... valid_loss=... top1_err=...`."
+    def __init__(self, learn, n_epoch: int, log: Callable): self.learn, self.n_epoch, self.log = learn, n_epoch, log
+    def __call__(self, row):
+        row, names = list(row), list(self.learn.recorder.metric_names)
+        if not row or row[0] == names[0]: return                      # the header
+        if all(v is None for v in row[1:-1]): return                   # an epoch skipped by --resume
+        parts = [f"{n}={v:.4f}" if isinstance(v, float) else f"{n}={v}" for n, v in zip(names[1:], row[1:]) if v is not None]
+        self.log(f"epoch {int(row[0]) + 1}/{self.n_epoch} " + " ".join(parts))
+
+
+# ---- one run ------------------------------------------------------------------------------------------
+def _environment() -> dict:
+    import fastai, torchvision
+    from . import __version__
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10,
+                                cwd=Path(__file__).parent).stdout.strip() or None
+    except Exception: commit = None
+    dev = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"cpu ({os.cpu_count()} cores)"
+    return dict(cskd_fastai=__version__, torch=torch.__version__, torchvision=torchvision.__version__,
+                fastai=fastai.__version__, python=platform.python_version(), platform=platform.platform(),
+                device=dev, git_commit=commit, argv=sys.argv, torch_threads=torch.get_num_threads())
+
+
+def run_dir_for(recipe: Recipe, out: Path) -> Path:
+    return Path(out) / recipe.name / recipe.method.run_label / f"seed{recipe.seed}"
+
+
+def _final_eval(learn, data: ImageDataset) -> tuple[dict, dict]:
+    from fastcore.basics import noop
+    out, logits = {}, {"classes": list(data.classes)}
+    for name, idx in (("valid", 1), ("test", 2)):
+        preds, targs = learn.get_preds(ds_idx=idx, act=noop)
+        out[name] = classification_metrics(preds, targs)
+        logits[name] = {"logits": preds.float().cpu(), "labels": targs.long().cpu()}
+    return out, logits
+
+
+def _plots(run_dir: Path, logits: dict, title: str) -> None:
+    import matplotlib; matplotlib.use("Agg")
+    import pandas as pd
+    from matplotlib.figure import Figure
+    from .calibration import reliability_diagram
+    ax = reliability_diagram(logits["test"]["logits"], logits["test"]["labels"], title=f"{title} (test)")
+    ax.figure.savefig(run_dir / "reliability.png", dpi=110, bbox_inches="tight")
+    hist = pd.read_csv(run_dir / R.HISTORY)
+    fig = Figure(figsize=(10, 3.6)); a1, a2 = fig.subplots(1, 2)
+    for col in ("train_loss", "valid_loss", "train_ce", "train_kd"):
+        if col in hist: a1.plot(hist["epoch"] + 1, hist[col], label=col)
+    a1.set_xlabel("epoch"); a1.set_title("losses"); a1.legend()
+    for col in ("top1_err", "ece"):
+        if col in hist: a2.plot(hist["epoch"] + 1, hist[col], label=f"valid {col}")
+    a2.set_xlabel("epoch"); a2.set_title("validation"); a2.legend()
+    fig.savefig(run_dir / "curves.png", dpi=110, bbox_inches="tight")
+
+
+def train_run(recipe: Recipe, run_dir: Path, data: ImageDataset, resume: bool = False,
+              log: Callable[[str], None] = _log, progress: Optional[bool] = None) -> dict:
+    "Train one (method, seed) run into `run_dir`; returns its metrics.json content."
+    run_dir = Path(run_dir)
+    meth, tc = recipe.method, recipe.train
+    ckpt = run_dir / R.CHECKPOINT
+    resuming = resume and ckpt.exists()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if not resuming:
+        (run_dir / R.RECIPE).write_text(recipe.to_yaml())
+        (run_dir / R.ENV).write_text(json.dumps(_environment(), indent=2))
+    set_seed(recipe.seed)
+    dls = build_dls(recipe, data, recipe.seed, paired=meth.name == "cskd")
+    n_train = len(dataset_labels(dls.train_ds))
+    counts = np.bincount(dataset_labels(dls.train_ds), minlength=len(data.classes))
+    if meth.name == "cskd" and (counts == 1).any():
+        log(f"warning: {int((counts == 1).sum())} class(es) have a single training image (e.g. "
+            f"{data.classes[int(np.flatnonzero(counts == 1)[0])]!r}): their partner is the image itself")
+    learn = build_learner(recipe, dls, run_dir)
+    if progress is None: progress = sys.stdout.isatty()
+    if not progress:  # one plain line per epoch (logs, CI, pipes) instead of progress bars
+        learn.remove_cb(ProgressCallback)
+        learn.logger = _EpochLineLogger(learn, tc.epochs, log)
+    start_epoch, best = 0, None
+    if resuming:
+        st = torch.load(ckpt, map_location="cpu", weights_only=False)
+        learn.model.load_state_dict(st["model"]); learn.create_opt(); learn.opt.load_state_dict(st["opt"])
+        start_epoch, best = st["epoch"] + 1, st["best"]
+        _set_rng_state(learn, st["rng"])
+        log(f"resuming {run_dir} at epoch {start_epoch + 1}/{tc.epochs}")
+    learn._start_epoch = start_epoch
+    cbs = [HistoryCSV(run_dir / R.HISTORY, start_epoch), EpochCheckpoint(run_dir, tc.select, best)]
+    log(f"training {recipe.name} / {meth.run_label} / seed {recipe.seed}: {n_train} train, "
+        f"{len(dls.valid_ds)} valid, {len(dls.loaders[2].dataset)} test images, {len(data.classes)} classes")
+    t0 = time.time()
+    if start_epoch < tc.epochs:
+        if tc.schedule == "one_cycle":
+            learn.fit_one_cycle(tc.epochs, tc.lr, cbs=cbs, start_epoch=start_epoch)
+        elif tc.schedule == "paper":
+            learn.fit(tc.epochs, tc.lr, cbs=cbs + [PaperSchedule(tc.lr, tc.milestones)], start_epoch=start_epoch)
+        else:
+            learn.fit(tc.epochs, tc.lr, cbs=cbs, start_epoch=start_epoch)
+    wall = time.time() - t0
+    selected = tc.epochs - 1
+    if tc.select == "best_valid" and (run_dir / "best.pth").exists():
+        learn.model.load_state_dict(torch.load(run_dir / "best.pth", map_location="cpu"))
+        selected = torch.load(ckpt, map_location="cpu", weights_only=False)["best"]["epoch"]
+    metrics, logits = _final_eval(learn, data)
+    facts = dict(label=meth.run_label, recipe=recipe.name, dataset=recipe.dataset.name, model=recipe.model.arch,
+                 method=meth.name, lam=meth.lam if meth.name == "cskd" else None,
+                 temp=meth.temp if meth.name == "cskd" else None, lam_warmup=meth.lam_warmup if meth.name == "cskd" else None,
+                 mix=meth.mix, seed=recipe.seed, epochs=tc.epochs, selected_epoch=selected + 1, select=tc.select,
+                 schedule=tc.schedule, image_size=recipe.dataset.image_size, bs=tc.bs, lr=tc.lr,
+                 n_train=n_train, n_valid=len(dls.valid_ds), n_test=len(dls.loaders[2].dataset),
+                 wall_time_s=round(wall, 1), resumed=resuming)
+    result = dict(valid=metrics["valid"], test=metrics["test"], facts=facts)
+    torch.save(logits, run_dir / R.LOGITS)
+    learn.export(R.EXPORT)
+    _plots(run_dir, logits, meth.run_label)
+    (run_dir / R.METRICS).write_text(json.dumps(result, indent=2))
+    (run_dir / R.DONE).write_text(time.strftime("%Y-%m-%d %H:%M:%S\n"))
+    t = result["test"]
+    log(f"done {run_dir}: test top1_err={t['top1_err']:.4f} top5_err={t['top5_err']:.4f} "
+        f"ece={t['ece']:.4f} nll={t['nll']:.4f} ({wall:.0f}s)")
+    return result
+
+
+# ---- a whole recipe -----------------------------------------------------------------------------------
+def train_recipe(recipe: Recipe, out: Path, data_root: Optional[str] = None, resume: bool = False,
+                 only: Optional[list[str]] = None, log: Callable[[str], None] = _log,
+                 progress: Optional[bool] = None) -> list[Path]:
+    "Train every (method, seed) run of `recipe` under `out`; refuses to touch an existing run unless resuming."
+    runs = [r for r in recipe.runs() if not only or r.method.run_label in only or r.method.name in only]
+    if not runs:
+        raise ValueError(f"--only {only} matches no method of the recipe (labels: {[m.run_label for m in recipe.methods]})")
+    dirs = [run_dir_for(r, out) for r in runs]
+    if not resume:
+        existing = [d for d in dirs if d.exists()]
+        if existing:
+            raise RunExistsError(f"run directory {existing[0]} already exists; use --resume to continue/skip it, "
+                                 f"or --out DIR for a fresh place (nothing was overwritten)")
+    data = load_data(recipe, data_root)
+    for r, d in zip(runs, dirs):
+        if resume and R.is_done(d):
+            log(f"skipping finished run {d}"); continue
+        if d.exists() and not (d / R.CHECKPOINT).exists() and any(d.iterdir()) and resume:
+            log(f"restarting {d}: it has no checkpoint yet")
+        train_run(r, d, data, resume=resume, log=log, progress=progress)
+    return dirs

@@ -1,0 +1,235 @@
+"""The demo app: prediction and calibration functions on two tiny real runs, bad input, and a real server.
+
+The runs (a CE and a CS-KD run of one recipe) are trained once per module by `make_tiny_run` (~3 s each)."""
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from cskd_fastai.app import (MAX_SIDE, ModelEntry, calibration_figure, calibration_numbers, example_images,
+                             load_models, predict, predict_logits, safe_image)
+from cskd_fastai.calibration import apply_temperature
+from cskd_fastai.metrics.functional import nll
+from cskd_fastai.rundir import RunDirError
+from cskd_fastai.testing.runs import TINY_CLASSES, free_port, make_tiny_run, serve
+
+REPO = Path(__file__).resolve().parents[1]
+DEMO = REPO / "apps" / "demo.py"
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> list[Path]:
+    root = tmp_path_factory.mktemp("runs")
+    return [make_tiny_run(root, "ce", seed=0), make_tiny_run(root, "cskd", seed=0)]
+
+
+@pytest.fixture(scope="module")
+def entries(runs) -> list[ModelEntry]:
+    return load_models(runs)
+
+
+@pytest.fixture(scope="module")
+def test_images(runs) -> list[Path]:
+    data = runs[0].parents[1] / "data" / "test"
+    return [sorted((data / c).glob("*.png"))[0] for c in TINY_CLASSES]
+
+
+# ---- loading ------------------------------------------------------------------------------------------------
+
+
+def test_load_models_reads_facts_classes_and_fits_T(entries):
+    ce, cskd = entries
+    assert [e.label for e in entries] == ["ce", "cskd-lam1-T4"]
+    assert ce.classes == cskd.classes == list(TINY_CLASSES)
+    assert cskd.facts["method"] == "cskd" and cskd.facts["lam"] == 1.0 and cskd.facts["temp"] == 4.0
+    assert ce.facts["lam"] is None and ce.facts["dataset"] == "imagefolder" and ce.facts["epochs"] == 1
+    assert 0 <= cskd.facts["test_top1_err"] <= 1
+    for e in entries:
+        assert 1e-3 < e.temperature < 1e3 and e.temperature != 1.0
+
+
+def test_fitted_temperature_lowers_validation_nll(entries):
+    for e in entries:
+        z, y = e.valid
+        best = float(nll(z / e.temperature, y))
+        assert best < float(nll(z, y))  # T = 1 is where the fit starts; it must improve on it
+        for other in (e.temperature * 1.2, e.temperature / 1.2):  # and be a minimum, not just any better T
+            assert best <= float(nll(z / other, y)) + 1e-9
+
+
+def test_load_models_bad_run_dirs_are_one_line(runs, tmp_path):
+    no_logits = tmp_path / "no_logits"
+    shutil.copytree(runs[0], no_logits)
+    (no_logits / "logits.pt").unlink()
+    cases = {tmp_path / "missing": "does not exist", no_logits: "missing logits.pt"}
+    for path, words in cases.items():
+        with pytest.raises(RunDirError, match=words) as ei:
+            load_models([runs[1], path])
+        assert "\n" not in str(ei.value)
+    with pytest.raises(RunDirError, match="no run directory"):
+        load_models([])
+
+
+def test_duplicate_labels_get_told_apart(runs):
+    a, b = load_models([runs[1], runs[1]])
+    assert a.label != b.label
+
+
+# ---- predictions --------------------------------------------------------------------------------------------
+
+
+def test_predict_sums_to_one_and_is_sorted(entries, test_images):
+    C = len(TINY_CLASSES)
+    for img in test_images:
+        for out in predict(entries, img, temps=None, k=C):
+            assert set(out) == set(TINY_CLASSES)
+            assert sum(out.values()) == pytest.approx(1.0, abs=1e-5)
+            assert list(out.values()) == sorted(out.values(), reverse=True)
+    assert [len(d) for d in predict(entries, test_images[0], [1.0, 2.0], k=2)] == [2, 2]
+
+
+def test_T1_equals_the_learners_own_probabilities(entries, test_images):
+    for e in entries:
+        for img in test_images:
+            _, _, probs = e.learn.predict(img)
+            ours = predict([e], img, temps=[1.0], k=len(e.classes))[0]
+            assert [ours[c] for c in e.classes] == pytest.approx(probs.tolist(), abs=1e-6)
+
+
+def test_temperature_divides_raw_logits(entries, test_images):
+    e = entries[1]
+    z = predict_logits(e, test_images[0])
+    assert type(z) is torch.Tensor and z.shape == (len(e.classes),)
+    for T in (0.5, 3.0):
+        out = predict([e], test_images[0], temps=[T], k=len(e.classes))[0]
+        expect = torch.softmax(z / T, 0)
+        assert [out[c] for c in e.classes] == pytest.approx(expect.tolist(), abs=1e-6)
+    hot, cold = (predict([e], test_images[0], [T], k=1)[0] for T in (0.5, 3.0))
+    assert max(hot.values()) > max(cold.values())  # a lower T sharpens, a higher one flattens
+
+
+@pytest.mark.parametrize("mode", ["RGBA", "LA", "L", "P", "1", "CMYK", "I;16"])
+def test_modes_convert_to_rgb_and_predict(entries, test_images, mode, tmp_path):
+    rgb = Image.open(test_images[0]).convert("RGB")
+    im = rgb.convert(mode) if mode != "I;16" else Image.fromarray(np.asarray(rgb.convert("L"), np.uint16) * 257)
+    f = tmp_path / ("x.tiff" if mode == "CMYK" else "x.png")
+    im.save(f)
+    for src in (im, f):
+        out = safe_image(src)
+        assert out.mode == "RGB" and out.size == rgb.size
+    probs = predict(entries, f, None, k=len(TINY_CLASSES))
+    assert all(sum(p.values()) == pytest.approx(1.0, abs=1e-5) for p in probs)
+
+
+def test_rgba_transparency_becomes_white_not_black():
+    im = Image.new("RGBA", (4, 4), (0, 0, 0, 0))
+    assert safe_image(im).getpixel((0, 0)) == (255, 255, 255)
+
+
+def test_inputs_of_every_kind(test_images):
+    ref = np.asarray(safe_image(test_images[0]))
+    for src in (str(test_images[0]), test_images[0].read_bytes(), Image.open(test_images[0]), ref,
+                ref.astype(np.float32) / 255):
+        assert np.array_equal(np.asarray(safe_image(src)), ref)
+    big = safe_image(Image.new("RGB", (3000, 1500), (10, 20, 30)))
+    assert big.size == (MAX_SIDE, MAX_SIDE // 2)  # downscaled, aspect ratio kept
+
+
+def _write(path: Path, data: bytes) -> Path:
+    path.write_bytes(data)
+    return path
+
+
+@pytest.fixture
+def bad_inputs(test_images, tmp_path) -> dict:
+    png = test_images[0].read_bytes()
+    huge = tmp_path / "huge.png"
+    Image.new("1", (9000, 6000)).save(huge)  # 54 MP: refused from the header, before decoding
+    return {"not an image": _write(tmp_path / "notes.png", b"just some text, not pixels"),
+            "corrupt or truncated": _write(tmp_path / "cut.png", png[: len(png) // 2]),
+            "over the 40 MP limit": huge,
+            "no image file": tmp_path / "missing.png",
+            "no image:": None,
+            "got dict": {"path": "x.png"},
+            "image array": np.zeros((4, 4, 2), np.uint8)}
+
+
+def test_bad_inputs_give_one_line_value_errors(bad_inputs, entries):
+    for words, src in bad_inputs.items():
+        with pytest.raises(ValueError, match=words) as ei:
+            safe_image(src)
+        assert "\n" not in str(ei.value)
+    with pytest.raises(ValueError, match="not an image"):
+        predict(entries, bad_inputs["not an image"], None, k=3)
+
+
+# ---- calibration --------------------------------------------------------------------------------------------
+
+
+def test_calibration_numbers_match_the_runs_metrics(entries):
+    import json
+    for e in entries:
+        c = calibration_numbers(e)  # at the fitted T
+        stored = json.loads((e.path / "metrics.json").read_text())["test"]
+        assert c["ece_before"] == pytest.approx(stored["ece"]) and c["nll_before"] == pytest.approx(stored["nll"])
+        assert c["T"] == e.temperature and c["n"] == len(e.test[1])
+        same = calibration_numbers(e, 1.0)
+        assert same["ece_after"] == pytest.approx(same["ece_before"]) and same["nll_after"] == pytest.approx(same["nll_before"])
+        z, y = e.test
+        assert calibration_numbers(e, 2.0)["nll_after"] == pytest.approx(float(nll(z / 2.0, y)))
+    with pytest.raises(ValueError, match="temperature"):
+        calibration_numbers(entries[0], 0.0)
+
+
+def test_calibration_figure_has_three_panels(entries):
+    fig = calibration_figure(entries[1], 1.7)
+    titles = [ax.get_title() for ax in fig.axes]
+    assert titles == ["Before: T = 1", "After: T = 1.7", "Confidence at T = 1.7"]
+
+
+def test_example_images_from_the_runs_test_set(entries, tmp_path):
+    ex = example_images(entries, n=4, out_dir=tmp_path / "ex")
+    assert len(ex) == 4 and {c for _, c in ex} == set(TINY_CLASSES)  # spread over the classes first
+    assert all(p.suffix == ".png" and Image.open(p).mode == "RGB" for p, _ in ex)
+    gone = ModelEntry(None, "x", None, [], recipe={"dataset": {"name": "imagefolder", "root": str(tmp_path / "nope")}})
+    assert example_images([gone], n=4, out_dir=tmp_path / "ex2") == []  # unreachable data: no examples, no error
+
+
+# ---- the command line and a real server ---------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_cli_bad_run_dir_is_one_line_and_exit_2(tmp_path):
+    r = subprocess.run([sys.executable, str(DEMO), str(tmp_path / "missing")], capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 2
+    assert r.stderr.strip().splitlines() == [f"demo: error: run dir {tmp_path / 'missing'} does not exist"]
+
+
+@pytest.mark.slow
+def test_server_predicts_through_gradio_client(runs, test_images, bad_inputs):
+    from gradio_client import Client, handle_file
+    port = free_port()
+    argv = [sys.executable, str(DEMO), *map(str, runs), "--port", str(port)]
+    with serve(argv, f"http://127.0.0.1:{port}/") as url:
+        client = Client(url, verbose=False, analytics_enabled=False, download_files=False)
+        status, ce, cskd, ce_conf, cskd_conf = client.predict(handle_file(str(test_images[1])), 3, 1.0, 1.0,
+                                                              api_name="/predict")
+        assert status.startswith("Predicted")
+        for lab, conf in ((ce, ce_conf), (cskd, cskd_conf)):
+            assert {c["label"] for c in lab["confidences"]} == set(TINY_CLASSES)
+            assert sum(c["confidence"] for c in lab["confidences"]) == pytest.approx(1.0, abs=1e-4)
+            assert lab["label"] in TINY_CLASSES and f"**{lab['label']}**" in conf
+        # bad uploads: a clear status line, no labels, and the server keeps serving
+        for words in ("not an image", "corrupt or truncated"):
+            status, ce, *_ = client.predict(handle_file(str(bad_inputs[words])), 3, 1.0, 1.0, api_name="/predict")
+            assert words in status and not ce
+        status, ce, *_ = client.predict(handle_file(str(test_images[0])), 2, 1.0, 1.0, api_name="/predict")
+        assert status.startswith("Predicted") and len(ce["confidences"]) == 2
