@@ -14,7 +14,7 @@ class ImageReadError(ValueError):
     "An image file that cannot be decoded (one line naming the file)."
 
 
-def load_image(item) -> PILImage:
+def load_image(item: object) -> PILImage:  # `object`: fastai then accepts paths, arrays and PIL images at predict time
     "Path, numpy array or PIL image -> RGB `PILImage`; an unreadable file names itself and the fix."
     if isinstance(item, PILImage): return item
     if isinstance(item, Image.Image): return PILImage(item.convert("RGB"))

@@ -1,0 +1,227 @@
+"`cskd-fastai` end to end: train -> eval -> compare, resume after a kill, and the bad-input catalogue."
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from cskd_fastai.cli import app
+from cskd_fastai.testing.replicas import make_cub, make_imagefolder
+
+ROOT = Path(__file__).resolve().parents[1]
+runner = CliRunner()
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+
+
+def write_recipe(path: Path, root, epochs=2, methods=None, **train) -> Path:
+    rec = dict(name="tiny", dataset=dict(name="imagefolder", root=str(root), image_size=16, valid_pct=0.25),
+               model=dict(arch="small_cnn"),
+               train=dict(epochs=epochs, bs=4, lr=0.05, schedule="one_cycle", augment="flip", **train),
+               methods=methods or [dict(name="ce"), dict(name="cskd", lam=1.0, temp=4.0)], seeds=[0])
+    path.write_text(yaml.safe_dump(rec, sort_keys=False))
+    return path
+
+
+def cli(*args):
+    res = runner.invoke(app, [str(a) for a in args])
+    return res.exit_code, res.output
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    return make_imagefolder(tmp_path_factory.mktemp("data"), n_per_class=8, n_classes=3, n_test_per_class=3)
+
+
+@pytest.fixture(scope="module")
+def trained(folder, tmp_path_factory):
+    d = tmp_path_factory.mktemp("train")
+    recipe = write_recipe(d / "tiny.yaml", folder)
+    code, out = cli("train", recipe, "--out", d / "runs", "--no-progress")
+    assert code == 0, out
+    return d / "runs", out
+
+
+RUN_FILES = ("recipe.yaml", "env.json", "history.csv", "metrics.json", "logits.pt", "export.pkl",
+             "reliability.png", "curves.png", "checkpoint.pth", "DONE")
+
+
+def test_train_writes_complete_run_dirs(trained):
+    runs, out = trained
+    assert "epoch 1/2" in out and "| imagefolder | small_cnn | ce |" in out and "cskd-lam1-T4" in out
+    for label in ("ce", "cskd-lam1-T4"):
+        d = runs / "tiny" / label / "seed0"
+        for f in RUN_FILES: assert (d / f).exists(), f"{d} lacks {f}"
+        m = json.loads((d / "metrics.json").read_text())
+        assert set(m["test"]) == {"top1_err", "top5_err", "ece", "nll", "brier"} and m["facts"]["n_test"] == 9
+        assert m["facts"]["selected_epoch"] == 2
+        hist = (d / "history.csv").read_text().splitlines()
+        assert len(hist) == 3
+        if label != "ce": assert "train_ce" in hist[0] and "train_kd" in hist[0] and "cskd_lam" in hist[0]
+        rec = yaml.safe_load((d / "recipe.yaml").read_text())
+        assert rec["methods"][0]["name"] == label.split("-")[0] and rec["seeds"] == [0]
+
+
+def test_eval_reproduces_stored_test_metrics(trained):
+    runs, _ = trained
+    d = runs / "tiny" / "cskd-lam1-T4" / "seed0"
+    code, out = cli("eval", d)
+    assert code == 0, out
+    got = json.loads(out[out.index("{"):])["test"]
+    want = json.loads((d / "metrics.json").read_text())["test"]
+    for k in want: assert got[k] == pytest.approx(want[k], abs=1e-5), k
+
+
+def test_compare_groups_and_writes_csv(trained, tmp_path):
+    runs, _ = trained
+    code, out = cli("compare", runs, "--csv", tmp_path / "t.csv")
+    assert code == 0, out
+    rows = [l for l in out.splitlines() if l.startswith("| imagefolder")]
+    assert len(rows) == 2
+    assert (tmp_path / "t.csv").read_text().startswith("dataset,model,method,epochs,seeds,top1_err,top1_err_std")
+
+
+def test_export_of_a_cli_run_loads_in_fresh_process(trained):
+    runs, _ = trained
+    d = runs / "tiny" / "ce" / "seed0"
+    code = ("import sys; from cskd_fastai.rundir import load_run_learner; from cskd_fastai.transforms import load_image\n"
+            "learn = load_run_learner(sys.argv[1]); img = sys.argv[2]\n"
+            "assert not [c for c in learn.cbs if type(c).__name__ in ('CSKD','MixUp')]\n"
+            "print('OK', learn.predict(load_image(img))[0])")
+    img = next(p for p in (Path(yaml.safe_load((d / 'recipe.yaml').read_text())['dataset']['root']) / 'test').rglob('*')
+               if p.suffix.lower() in ('.png', '.jpg', '.jpeg', '.bmp', '.webp'))
+    r = subprocess.run([sys.executable, "-c", code, str(d), str(img)], capture_output=True, text=True, env=ENV, timeout=120)
+    assert r.returncode == 0 and "OK" in r.stdout, r.stderr[-2000:]
+
+
+def test_subprocess_prints_plain_epoch_lines(folder, tmp_path):
+    recipe = write_recipe(tmp_path / "r.yaml", folder, epochs=1, methods=[dict(name="cskd", lam=3.0)])
+    r = subprocess.run([sys.executable, "-m", "cskd_fastai", "train", str(recipe), "--out", str(tmp_path / "o")],
+                       capture_output=True, text=True, env=ENV, timeout=240)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "epoch 1/1 train_loss=" in r.stdout and "\r" not in r.stdout      # no progress bars off a terminal
+
+
+def _metrics(run_root):
+    d = next(Path(run_root).rglob("metrics.json")).parent
+    return json.loads((d / "metrics.json").read_text())["test"]
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_to_the_same_result(folder, tmp_path):
+    "SIGKILL a real training process after its first checkpoint; --resume finishes with the uninterrupted result."
+    recipe = write_recipe(tmp_path / "r.yaml", folder, epochs=6, methods=[dict(name="cskd", lam=1.0)])
+    cmd = [sys.executable, "-m", "cskd_fastai", "train", str(recipe), "--no-progress"]
+    ref = subprocess.run(cmd + ["--out", str(tmp_path / "ref")], capture_output=True, text=True, env=ENV, timeout=300)
+    assert ref.returncode == 0, ref.stderr[-2000:]
+    out = tmp_path / "killed"
+    p = subprocess.Popen(cmd + ["--out", str(out)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=ENV)
+    ckpt = out / "tiny" / "cskd-lam1-T4" / "seed0" / "checkpoint.pth"
+    t0 = time.time()
+    while not ckpt.exists() and p.poll() is None and time.time() - t0 < 240: time.sleep(0.01)
+    p.send_signal(signal.SIGKILL); p.wait()
+    assert not (ckpt.parent / "DONE").exists(), "the run finished before it could be killed"
+    code, msg = cli("train", recipe, "--out", out, "--no-progress")           # no --resume: refuses, touches nothing
+    assert code == 2 and "already exists" in msg and "--resume" in msg
+    res = subprocess.run(cmd + ["--out", str(out), "--resume"], capture_output=True, text=True, env=ENV, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "resuming" in res.stdout
+    hist = (ckpt.parent / "history.csv").read_text().splitlines()
+    assert len(hist) == 7 and [int(l.split(",")[0]) for l in hist[1:]] == list(range(6))
+    a, b = _metrics(tmp_path / "ref"), _metrics(out)
+    for k in a: assert b[k] == pytest.approx(a[k], abs=1e-4), k
+
+
+# ---- the bad-input catalogue: each is one clear `error:` line, exit code 2 ---------------------------------
+def _one_error_line(code, out, *needles):
+    assert code == 2, out
+    errs = [l for l in out.splitlines() if l.startswith("error:")]
+    assert len(errs) == 1, out
+    for n in needles: assert n in errs[0], errs[0]
+    assert "Traceback" not in out
+
+
+@pytest.mark.parametrize("text,needles", [
+    ("name: x\n  dataset: [", ("malformed YAML", "line")),
+    ("name: x\ndataset: {name: digits}\nmodel: {arch: small_cnn}\ntrain: {epochs: 1, bs: 4, lr: 0.1, epochz: 3}\n"
+     "methods: [{name: ce}]\n", ("train.epochz", "unknown key")),
+    ("name: x\ndataset: {name: digits}\nmodel: {arch: small_cnn}\ntrain: {epochs: many, bs: 4, lr: 0.1}\n"
+     "methods: [{name: ce}]\n", ("train.epochs", "integer", "'many'")),
+    ("name: x\ndataset: {name: digits}\nmodel: {arch: small_cnn}\ntrain: {epochs: 1, bs: 4, lr: -0.1}\n"
+     "methods: [{name: ce}]\n", ("train.lr", "greater than 0")),
+    ("name: x\ndataset: {name: digits}\nmodel: {arch: small_cnn}\ntrain: {epochs: 1, bs: 4, lr: 0.1}\n"
+     "methods: [{name: cskd, temp: 0}]\n", ("methods.0.temp", "greater than 0")),
+    ("name: x\ndataset: {name: mnist9}\nmodel: {arch: small_cnn}\ntrain: {epochs: 1, bs: 4, lr: 0.1}\n"
+     "methods: [{name: ce}]\n", ("dataset.name", "unknown dataset")),
+    ("name: x\ndataset: {name: digits}\ntrain: {epochs: 1, bs: 4, lr: 0.1}\nmethods: [{name: ce}]\n",
+     ("model", "required key is missing")),
+])
+def test_bad_recipes_fail_with_one_line(tmp_path, text, needles):
+    f = tmp_path / "bad.yaml"; f.write_text(text)
+    _one_error_line(*cli("check", f, "--no-data"), str(f), *needles)
+
+
+def test_missing_root_and_wrong_layout(tmp_path):
+    cub = tmp_path / "cub.yaml"
+    cub.write_text((ROOT / "recipes" / "cub.yaml").read_text())
+    _one_error_line(*cli("check", cub, "--data-root", tmp_path / "nowhere"), "does not exist", "--data-root")
+    root = make_cub(tmp_path / "c", n_per_class=2, n_classes=3)
+    next(Path(root).rglob("images.txt")).unlink()
+    _one_error_line(*cli("check", cub, "--data-root", root), "images.txt", "expected")
+
+
+def test_corrupt_image_names_the_file(tmp_path):
+    root = make_imagefolder(tmp_path / "d", n_per_class=4, n_classes=2, n_test_per_class=1)
+    bad = sorted((root / "train" / "class_00").glob("img_*"))[0]
+    bad.write_bytes(b"this is not an image")
+    recipe = write_recipe(tmp_path / "r.yaml", root, epochs=1, methods=[dict(name="ce")], drop_last=False)
+    _one_error_line(*cli("train", recipe, "--out", tmp_path / "o", "--no-progress"), "cannot read image", bad.name)
+
+
+def test_class_with_one_image_warns_and_trains(tmp_path):
+    root = make_imagefolder(tmp_path / "d", n_per_class=5, n_classes=3, n_test_per_class=1)
+    for f in sorted((root / "train" / "class_02").glob("img_*"))[1:]: f.unlink()
+    recipe = write_recipe(tmp_path / "r.yaml", root, epochs=1, methods=[dict(name="cskd")])
+    code, out = cli("train", recipe, "--out", tmp_path / "o", "--no-progress")
+    assert code == 0, out
+    assert "warning: 1 class(es) have a single training image" in out and "class_02" in out
+
+
+def test_existing_run_dir_is_never_overwritten(trained, folder, tmp_path):
+    runs, _ = trained
+    d = runs / "tiny" / "ce" / "seed0"
+    before = {f.name: f.stat().st_mtime_ns for f in d.iterdir()}
+    recipe = write_recipe(tmp_path / "tiny.yaml", folder)
+    _one_error_line(*cli("train", recipe, "--out", runs, "--no-progress"), "already exists", "--resume")
+    assert {f.name: f.stat().st_mtime_ns for f in d.iterdir()} == before
+
+
+def test_resume_skips_finished_runs(trained, folder, tmp_path):
+    runs, _ = trained
+    recipe = write_recipe(tmp_path / "tiny.yaml", folder)
+    code, out = cli("train", recipe, "--out", runs, "--resume", "--no-progress")
+    assert code == 0 and out.count("skipping finished run") == 2, out
+
+
+def test_every_shipped_recipe_passes_check():
+    recipes = sorted((ROOT / "recipes").glob("*.yaml"))
+    assert len(recipes) >= 8
+    for r in recipes:
+        code, out = cli("check", r, "--no-data")
+        assert code == 0 and "ok" in out, f"{r}: {out}"
+
+
+def test_set_overrides_and_help():
+    from cskd_fastai.recipe import load_recipe
+    r = load_recipe(ROOT / "recipes" / "cub.yaml", ["train.epochs=3", "methods.1.lam=1.5", "dataset.root=/x"])
+    assert r.train.epochs == 3 and r.methods[1].lam == 1.5 and r.dataset.root == "/x"
+    for cmd in ("train", "eval", "compare", "check", "analyze", "demo"):
+        code, out = cli(cmd, "--help")
+        assert code == 0 and "Usage" in out, cmd
