@@ -225,3 +225,13 @@ def test_set_overrides_and_help():
     for cmd in ("train", "eval", "compare", "check", "analyze", "demo"):
         code, out = cli(cmd, "--help")
         assert code == 0 and "Usage" in out, cmd
+
+
+def test_analyze_compares_runs(trained, tmp_path):
+    runs, _ = trained
+    dirs = [runs / "tiny" / m / "seed0" for m in ("ce", "cskd-lam1-T4")]
+    code, out = cli("analyze", *dirs, "--out", tmp_path / "an")
+    assert code == 0, out
+    report = (tmp_path / "an" / "report.md").read_text()
+    assert "ce" in report and "cskd-lam1-T4" in report and (tmp_path / "an" / "embeddings.png").exists()
+    _one_error_line(*cli("analyze", runs / "nope"), "nope")
