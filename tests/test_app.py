@@ -3,8 +3,8 @@
 The runs (a CE and a CS-KD run of one recipe) are trained once per module by `make_tiny_run` (~3 s each)."""
 from __future__ import annotations
 
+import importlib.util
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -22,6 +22,9 @@ from cskd_fastai.testing.runs import TINY_CLASSES, free_port, make_tiny_run, ser
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO / "apps" / "demo.py"
+
+# loading the runs' export.pkl is the point here (they are ours); fastai warns on every pickle it loads
+pytestmark = pytest.mark.filterwarnings("ignore:load_learner:UserWarning")
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +55,8 @@ def test_load_models_reads_facts_classes_and_fits_T(entries):
     assert ce.facts["lam"] is None and ce.facts["dataset"] == "imagefolder" and ce.facts["epochs"] == 1
     assert 0 <= cskd.facts["test_top1_err"] <= 1
     for e in entries:
-        assert 1e-3 < e.temperature < 1e3 and e.temperature != 1.0
+        assert 1e-3 < e.temperature < 1e3 and e.temperature != 1.0 and not e.degenerate_fit
+        assert e.temperature == e.fitted_temperature
 
 
 def test_fitted_temperature_lowers_validation_nll(entries):
@@ -62,6 +66,18 @@ def test_fitted_temperature_lowers_validation_nll(entries):
         assert best < float(nll(z, y))  # T = 1 is where the fit starts; it must improve on it
         for other in (e.temperature * 1.2, e.temperature / 1.2):  # and be a minimum, not just any better T
             assert best <= float(nll(z / other, y)) + 1e-9
+
+
+def test_separable_validation_set_keeps_T_1_by_default(runs, tmp_path):
+    run = tmp_path / "separable"
+    shutil.copytree(runs[1], run)
+    d = torch.load(run / "logits.pt", weights_only=True)
+    y = d["valid"]["labels"]
+    d["valid"]["logits"] = 10.0 * torch.nn.functional.one_hot(y, len(TINY_CLASSES)).float()  # NLL -> 0 as T -> 0
+    torch.save(d, run / "logits.pt")
+    (e,) = load_models([run])
+    assert e.degenerate_fit and e.fitted_temperature < 1.0 and e.temperature == 1.0
+    assert calibration_numbers(e)["T"] == 1.0
 
 
 def test_load_models_bad_run_dirs_are_one_line(runs, tmp_path):
@@ -205,12 +221,22 @@ def test_example_images_from_the_runs_test_set(entries, tmp_path):
 # ---- the command line and a real server ---------------------------------------------------------------------
 
 
-@pytest.mark.slow
-def test_cli_bad_run_dir_is_one_line_and_exit_2(tmp_path):
-    r = subprocess.run([sys.executable, str(DEMO), str(tmp_path / "missing")], capture_output=True, text=True,
-                       timeout=120)
-    assert r.returncode == 2
-    assert r.stderr.strip().splitlines() == [f"demo: error: run dir {tmp_path / 'missing'} does not exist"]
+def _demo_module():
+    spec = importlib.util.spec_from_file_location("demo_cli", DEMO)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_cli_bad_run_dirs_are_one_line_and_exit_2(runs, tmp_path, capsys):
+    # in-process (the server test below runs the script for real): a subprocess would spend ~10 s on imports
+    no_logits = tmp_path / "no_logits"
+    shutil.copytree(runs[0], no_logits)
+    (no_logits / "logits.pt").unlink()
+    for bad, words in ((tmp_path / "missing", "does not exist"), (no_logits, "missing logits.pt")):
+        assert _demo_module().main([str(runs[1]), str(bad)]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith(f"demo: error: run dir {bad}") and words in err[0]
 
 
 @pytest.mark.slow

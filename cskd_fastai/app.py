@@ -1,0 +1,552 @@
+"""The Gradio demo: calibrated predictions of trained runs side by side (`cskd-fastai demo RUN_DIR ...`).
+
+Pure functions first, testable without a server:
+
+    >>> entries = load_models(["runs/cub/ce/seed0", "runs/cub/cskd-lam1-T4/seed0"])
+    >>> predict(entries, "bird.jpg", temps=[e.temperature for e in entries], k=5)   # one {class: prob} per run
+    >>> calibration_numbers(entries[1], T=1.3)                                       # ECE/NLL before and after
+
+then `build_demo(run_dirs) -> gr.Blocks` and `launch(run_dirs, host="127.0.0.1", port=None)`.
+
+Temperature scaling divides the *raw logits* by T before the softmax, so predictions here come from the learner's
+model on the learner's own test pipeline (`dls.test_dl`), never from `learn.predict`'s probabilities.
+
+Safety: only the run directories named by the operator are unpickled (`export.pkl` is a pickle, and unpickling runs
+arbitrary code); uploads are only ever decoded as images by Pillow, restricted to a few raster formats and a pixel
+budget. Gradio imports lazily, so the pure functions and the command-line errors don't pay for it.
+"""
+from __future__ import annotations
+
+import atexit
+import io
+import logging
+import math
+import os
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+from torch import Tensor
+
+from .calibration import _LOG_T_BOUND, apply_temperature, confidence_histogram, fit_temperature, reliability_diagram
+from .metrics.functional import calibration_error, nll
+from .rundir import RunDirError, load_logits, load_run, load_run_learner
+
+__all__ = ["ModelEntry", "load_models", "load_model", "safe_image", "predict_logits", "predict", "top_k",
+           "calibration_numbers", "calibration_figure", "run_facts", "example_images", "build_demo", "launch",
+           "MAX_PIXELS", "MAX_SIDE", "IMAGE_FORMATS"]
+
+log = logging.getLogger(__name__)
+
+# Refused outright: decoding alone would cost seconds and hundreds of MB per request (a 40 MP RGB image is 120 MB).
+MAX_PIXELS = 40_000_000
+# Downscaled to this longest side before the learner's pipeline: the models here see <= 224-448 px, so larger
+# inputs only make the per-request resize slower.
+MAX_SIDE = 1024
+# Formats Pillow may decode from an upload; the rest (EPS goes through Ghostscript, for one) are refused.
+IMAGE_FORMATS = ("PNG", "JPEG", "GIF", "BMP", "WEBP", "TIFF")
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+# `fit_temperature` clamps T to [1e-3, 1e3]; a fit at that bound has no optimum inside it
+_T_BOUND = math.exp(_LOG_T_BOUND)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# loaded runs
+
+
+@dataclass
+class ModelEntry:
+    """One loaded run: its learner, class names, temperature, facts and stored (valid, test) logits.
+
+    `temperature` is the T applied by default: `fitted_temperature` (NLL on the valid logits), or 1 when that fit
+    is degenerate (at the fit's bound, see `degenerate_fit`)."""
+    path: Path | None
+    label: str
+    learn: Any
+    classes: list[str]
+    temperature: float = 1.0
+    facts: dict = field(default_factory=dict)
+    recipe: dict = field(default_factory=dict)
+    valid: tuple[Tensor, Tensor] | None = None  # (logits, labels) stored by `train`
+    test: tuple[Tensor, Tensor] | None = None
+    fitted_temperature: float | None = None
+
+    @property
+    def degenerate_fit(self) -> bool:
+        """Whether the fitted T means nothing: every validation prediction is right, so the valid NLL falls
+        monotonically as T -> 0 and the fit stops wherever LBFGS runs out of gradient (or at its bound)."""
+        T = self.fitted_temperature
+        if T is None: return False
+        if self.valid is not None and bool((self.valid[0].argmax(1) == self.valid[1]).all()): return True
+        return not (1.01 / _T_BOUND < T < _T_BOUND / 1.01)
+
+    @classmethod
+    def from_learner(cls, learn, label: str = "model") -> "ModelEntry":
+        "An entry for a learner in memory (no run directory, no stored logits, T = 1): for benchmarks and notebooks."
+        learn.model.eval()
+        return cls(None, label, learn, [str(c) for c in learn.dls.vocab])
+
+
+def _first(*values):
+    "The first value that is not None (or None)."
+    return next((v for v in values if v is not None), None)
+
+
+def run_facts(recipe: dict, metrics: dict) -> dict:
+    "Dataset, model, method, λ, KD temperature, epochs and test top-1 error of a run, from metrics.json facts or its recipe."
+    facts = metrics.get("facts", {}) or {}
+    ds = recipe.get("dataset") or {}
+    model = recipe.get("model") or {}
+    methods = recipe.get("methods") or [{}]
+    meth = methods[0] if isinstance(methods, list) and methods and isinstance(methods[0], dict) else {}
+    train = recipe.get("train") or {}
+    method = _first(facts.get("method"), meth.get("name"))
+    is_cskd = method == "cskd"
+    return {
+        "label": _first(facts.get("label"), meth.get("label")),
+        "dataset": _first(facts.get("dataset"), ds.get("name") if isinstance(ds, dict) else ds),
+        "model": _first(facts.get("model"), model.get("arch") if isinstance(model, dict) else model),
+        "method": method,
+        # λ and the KD temperature only mean something for CS-KD runs
+        "lam": _first(facts.get("lam"), meth.get("lam")) if is_cskd else None,
+        "temp": _first(facts.get("temp"), meth.get("temp")) if is_cskd else None,
+        "epochs": _first(facts.get("epochs"), train.get("epochs") if isinstance(train, dict) else None),
+        "seed": _first(facts.get("seed"), (recipe.get("seeds") or [None])[0]),
+        "test_top1_err": (metrics.get("test") or {}).get("top1_err"),
+    }
+
+
+def _vocab(learn, path: Path) -> list[str]:
+    try: return [str(c) for c in learn.dls.vocab]
+    except Exception as e:
+        raise RunDirError(f"run dir {path}: the exported learner has no class vocabulary ({type(e).__name__}); "
+                          f"the demo needs a classifier trained on categories") from None
+
+
+def load_model(path) -> ModelEntry:
+    "Load one finished run: metrics, recipe, valid/test logits, exported learner, and T fitted on the valid logits."
+    path = Path(path)
+    run = load_run(path)
+    vz, vy, _ = load_logits(path, "valid")
+    tz, ty, stored_classes = load_logits(path, "test")
+    learn = load_run_learner(path)
+    learn.model.eval()
+    classes = _vocab(learn, path)
+    for split, z in (("valid", vz), ("test", tz)):
+        if z.ndim != 2 or z.shape[0] == 0 or z.shape[1] != len(classes):
+            raise RunDirError(f"run dir {path}: logits.pt {split} logits have shape {tuple(z.shape)}, expected "
+                              f"(N>0, {len(classes)}) for the learner's {len(classes)} classes")
+    if stored_classes and [str(c) for c in stored_classes] != classes:
+        raise RunDirError(f"run dir {path}: logits.pt classes differ from the exported learner's vocabulary; "
+                          f"the files come from different runs")
+    try: T = fit_temperature(vz, vy)
+    except ValueError as e: raise RunDirError(f"run dir {path}: cannot fit a temperature on the valid logits: {e}") from None
+    facts = run_facts(run.recipe or {}, run.metrics or {})
+    entry = ModelEntry(path, facts["label"] or path.name, learn, classes, T, facts, run.recipe or {}, (vz, vy),
+                       (tz, ty), fitted_temperature=T)
+    if entry.degenerate_fit:
+        entry.temperature = 1.0
+        log.warning("%s: every validation image is classified right, so the fitted T (%.3g) is arbitrary; "
+                    "the demo applies T = 1 by default", path, T)
+    return entry
+
+
+def _unique_labels(entries: list[ModelEntry]) -> None:
+    "Two runs shown side by side need distinct titles (e.g. two seeds of one method): add the folder name."
+    labels = [e.label for e in entries]
+    for i, e in enumerate(entries):
+        if labels.count(e.label) > 1:
+            e.label = f"{e.label} ({e.path.name if e.path else i})"
+    labels = [e.label for e in entries]
+    for i, e in enumerate(entries):
+        if labels.count(e.label) > 1: e.label = f"{e.label} #{i + 1}"
+
+
+def load_models(run_dirs: Iterable) -> list[ModelEntry]:
+    "A `ModelEntry` per run directory, in order; a missing or incomplete one raises a one-line `RunDirError`."
+    run_dirs = list(run_dirs)
+    if not run_dirs: raise RunDirError("no run directory given; pass one or more finished runs of `cskd-fastai train`")
+    entries = [load_model(p) for p in run_dirs]
+    _unique_labels(entries)
+    return entries
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# images
+
+
+def _one_line(e: BaseException) -> str:
+    return " ".join(str(e).split()) or type(e).__name__
+
+
+def _check_pixels(im: Image.Image, name: str) -> None:
+    w, h = im.size
+    if w * h > MAX_PIXELS:
+        raise ValueError(f"{name} is {w}x{h} = {w * h / 1e6:.0f} MP, over the {MAX_PIXELS / 1e6:.0f} MP limit; "
+                         f"downscale it first")
+    if w < 1 or h < 1: raise ValueError(f"{name} is empty ({w}x{h} pixels)")
+
+
+def _open(src, name: str) -> Image.Image:
+    "Decode `src` (path or file object) with Pillow, restricted to `IMAGE_FORMATS`, within the pixel budget."
+    try:
+        im = Image.open(src, formats=IMAGE_FORMATS)
+    except UnidentifiedImageError:
+        raise ValueError(f"{name} is not an image (expected one of {', '.join(IMAGE_FORMATS)})") from None
+    except Image.DecompressionBombError as e:
+        raise ValueError(f"{name} is too large to decode safely: {_one_line(e)}") from None
+    except OSError as e:
+        raise ValueError(f"cannot read {name}: {_one_line(e)}") from None
+    _check_pixels(im, name)  # from the header: refuse before decoding
+    try:
+        im.draft("RGB", (MAX_SIDE, MAX_SIDE))  # JPEG: decode at a reduced scale right away (a no-op elsewhere)
+        im.load()
+    except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as e:
+        raise ValueError(f"{name} is corrupt or truncated ({_one_line(e)})") from None
+    return im
+
+
+def _from_array(a: np.ndarray) -> Image.Image:
+    "HxW, HxWx1, HxWx3 or HxWx4 array (uint8, or float in [0, 1]) -> PIL image."
+    if a.ndim == 3 and a.shape[-1] == 1: a = a[..., 0]
+    if not (a.ndim == 2 or (a.ndim == 3 and a.shape[-1] in (3, 4))) or a.size == 0:
+        raise ValueError(f"expected an HxW, HxWx3 or HxWx4 image array, got shape {a.shape}")
+    if a.dtype != np.uint8:
+        if not np.issubdtype(a.dtype, np.number) or not np.isfinite(a).all():
+            raise ValueError(f"expected a uint8 (or finite float in [0, 1]) image array, got {a.dtype}")
+        a = np.clip(np.rint(a * 255.0 if a.max() <= 1.0 else a), 0, 255).astype(np.uint8)
+    return Image.fromarray(np.ascontiguousarray(a))
+
+
+def _to_rgb(im: Image.Image) -> Image.Image:
+    "RGB for every mode: transparency composited on white (not dropped to black), 16-bit/float scaled to 8 bits."
+    if im.mode == "RGB": return im
+    if im.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (im.mode == "P" and "transparency" in im.info):
+        rgba = im.convert("RGBA")
+        bg = Image.new("RGB", rgba.size, (255, 255, 255))
+        bg.paste(rgba, mask=rgba.getchannel("A"))
+        return bg
+    if im.mode in ("I", "F") or im.mode.startswith("I;16"):
+        a = np.asarray(im, dtype=np.float64)
+        hi = float(a.max()) if a.size else 0.0
+        scale = 255.0 if im.mode == "F" and hi <= 1.0 else 255.0 / 65535.0 if hi > 255 else 1.0
+        return Image.fromarray(np.clip(np.rint(a * scale), 0, 255).astype(np.uint8)).convert("RGB")
+    return im.convert("RGB")
+
+
+def safe_image(obj) -> Image.Image:
+    """A decoded RGB PIL image from a file path, bytes, a numpy array or a PIL image; a one-line `ValueError` on
+    anything else (not an image, corrupt, over `MAX_PIXELS`). Longer sides than `MAX_SIDE` are downscaled."""
+    if obj is None: raise ValueError("no image: upload one or pick an example")
+    if isinstance(obj, Image.Image):
+        _check_pixels(obj, "the image")
+        im = obj
+    elif isinstance(obj, np.ndarray):
+        im = _from_array(obj)
+        _check_pixels(im, "the image array")
+    elif isinstance(obj, (bytes, bytearray)):
+        im = _open(io.BytesIO(bytes(obj)), "the uploaded data")
+    elif isinstance(obj, (str, os.PathLike)):
+        p = Path(obj)
+        if not p.is_file(): raise ValueError(f"no image file at {p}")
+        with open(p, "rb") as f: im = _open(f, f"file {p.name!r}")
+    else:
+        raise ValueError(f"expected an image (file path, bytes, numpy array or PIL image), got {type(obj).__name__}")
+    try:
+        im = ImageOps.exif_transpose(im)  # phone photos: honour the orientation tag, as viewers do
+    except Exception:
+        pass  # a broken EXIF block is no reason to refuse the pixels
+    if max(im.size) > MAX_SIDE:
+        im = im.copy()  # thumbnail works in place: never resize the caller's image
+        im.thumbnail((MAX_SIDE, MAX_SIDE), Image.Resampling.BILINEAR)
+    try: return _to_rgb(im)
+    except Exception as e: raise ValueError(f"cannot convert the {im.mode} image to RGB: {_one_line(e)}") from None
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# predictions
+
+
+def predict_logits(entry: ModelEntry, image) -> Tensor:
+    "Raw logits `(C,)` for one image, through the learner's own test pipeline (`dls.test_dl`) and model, in eval mode."
+    ok = isinstance(image, Image.Image) and image.mode == "RGB" and max(image.size) <= MAX_SIDE
+    img = image if ok else safe_image(image)  # `predict` decodes once and hands the same RGB image to every model
+    learn = entry.learn
+    dl = learn.dls.test_dl([img], num_workers=0)
+    b = dl.one_batch()
+    xb = b[:getattr(dl, "n_inp", 1)] if isinstance(b, (tuple, list)) else (b,)
+    learn.model.eval()  # `learn.predict` does the same; also covers a learner handed over in train mode
+    with torch.inference_mode():
+        out = learn.model(*xb)
+    return out[0].detach().float().cpu().as_subclass(Tensor)  # plain Tensor, not fastai's TensorImage
+
+
+def top_k(probs: Tensor, classes: Sequence[str], k: int) -> dict[str, float]:
+    "The `k` most probable classes as `{name: prob}`, most probable first (k is capped at the number of classes)."
+    if isinstance(k, bool) or int(k) != k or k < 1: raise ValueError(f"k must be a positive int, got {k!r}")
+    p, idx = probs.float().topk(min(int(k), len(classes)))
+    return {str(classes[i]): float(v) for v, i in zip(p.tolist(), idx.tolist())}
+
+
+def _temps(entries: Sequence[ModelEntry], temps) -> list[float]:
+    if temps is None: return [e.temperature for e in entries]
+    temps = list(temps)
+    if len(temps) != len(entries): raise ValueError(f"got {len(temps)} temperatures for {len(entries)} models")
+    return [e.temperature if t is None else float(t) for e, t in zip(entries, temps)]
+
+
+def predict(entries: Sequence[ModelEntry], image, temps: Sequence[float | None] | None = None,
+            k: int = 5) -> list[dict[str, float]]:
+    "Top-`k` `{class: prob}` of each model at its temperature (`temps`; None = each model's default, fitted T)."
+    img = safe_image(image)  # decode once for all models
+    return [top_k(apply_temperature(predict_logits(e, img), T), e.classes, k)
+            for e, T in zip(entries, _temps(entries, temps))]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# calibration on the stored test logits
+
+
+def _split(entry: ModelEntry, split: str) -> tuple[Tensor, Tensor]:
+    zy = getattr(entry, split)
+    if zy is None: raise ValueError(f"{entry.label}: no stored {split} logits")
+    return zy
+
+
+def calibration_numbers(entry: ModelEntry, T: float | None = None) -> dict:
+    "Test-set ECE and NLL before (T = 1) and after scaling by `T` (None = the entry's default T), with T and N."
+    T = entry.temperature if T is None else float(T)
+    if not (math.isfinite(T) and T > 0): raise ValueError(f"expected a finite temperature T > 0, got {T}")
+    z, y = _split(entry, "test")
+    return {"T": T, "n": int(z.shape[0]),
+            "ece_before": float(calibration_error(z, y)), "nll_before": float(nll(z, y)),
+            "ece_after": float(calibration_error(z / T, y)), "nll_after": float(nll(z / T, y))}
+
+
+def calibration_figure(entry: ModelEntry, T: float | None = None):
+    "Reliability diagrams before (T = 1) and after scaling by `T`, and the confidence histogram at `T` (a `Figure`)."
+    from matplotlib.figure import Figure  # pyplot-free: no global state shared between server threads
+    T = entry.temperature if T is None else float(T)
+    z, y = _split(entry, "test")
+    fig = Figure(figsize=(12, 3.9), layout="constrained")
+    a0, a1, a2 = fig.subplots(1, 3)
+    reliability_diagram(z, y, ax=a0, title="Before: T = 1")
+    reliability_diagram(z / T, y, ax=a1, title=f"After: T = {T:.3g}")
+    confidence_histogram(z / T, y, ax=a2)
+    a2.set_title(f"Confidence at T = {T:.3g}")
+    fig.suptitle(f"{entry.label}: test set ({z.shape[0]} images)")
+    return fig
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# examples from the run's test set
+
+
+def _spread(labels: Sequence[int], n: int) -> list[int]:
+    "Indices of `n` test items covering as many classes as possible (first item of each class, then the second...)."
+    seen: dict[int, int] = {}
+    keyed = []
+    for i, c in enumerate(labels):
+        keyed.append((seen.get(c, 0), int(c), i))
+        seen[c] = seen.get(c, 0) + 1
+    return [i for _, _, i in sorted(keyed)[:n]]
+
+
+def _slug(s: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", str(s))[:40] or "image"
+
+
+def example_images(entries: Sequence[ModelEntry], n: int = 6, out_dir=None) -> list[tuple[Path, str]]:
+    """Up to `n` test images of the runs' dataset as `(png_path, true_class)`, written to `out_dir` (a temp dir);
+    empty when the dataset named in recipe.yaml is not reachable from here."""
+    from .datasets import load_dataset
+    if out_dir is None:
+        out_dir = Path(tempfile.mkdtemp(prefix="cskd-demo-examples-"))
+        atexit.register(shutil.rmtree, out_dir, True)
+    out_dir = Path(out_dir); out_dir.mkdir(parents=True, exist_ok=True)
+    found, tried = [], set()
+    for e in entries:
+        ds = e.recipe.get("dataset") or {}
+        name, root = (ds.get("name"), ds.get("root")) if isinstance(ds, dict) else (ds, None)
+        if not name or (name, root) in tried: continue
+        tried.add((name, root))
+        try: data = load_dataset(name, root)
+        except Exception as err:  # unreachable data only costs the examples, never the demo
+            log.warning("no examples from %s: %s", name, _one_line(err))
+            continue
+        for i in _spread(data.test.labels, n - len(found)):
+            cls = data.classes[data.test.labels[i]]
+            try: img = safe_image(data.test.items[i])  # arrays (CIFAR, digits) and files alike -> PNG
+            except ValueError as err:
+                log.warning("skipping example %s: %s", i, err); continue
+            p = out_dir / f"{len(found):02d}_{_slug(cls)}.png"
+            img.save(p)
+            found.append((p, str(cls)))
+        if len(found) >= n: break
+    return found
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# text shown in the app
+
+
+def _fmt(v, spec: str = "") -> str:
+    if v is None: return "—"
+    try: return format(v, spec) if spec else str(v)
+    except (TypeError, ValueError): return str(v)
+
+
+def _fitted_text(entry: ModelEntry) -> str:
+    T = entry.fitted_temperature
+    if T is None: return "—"
+    if entry.degenerate_fit: return f"{T:.3g}, not applied (no valid error: the NLL optimum is T → 0)"
+    return f"{T:.3f}"
+
+
+def facts_markdown(entry: ModelEntry) -> str:
+    "The run facts as a small Markdown table."
+    f = entry.facts
+    rows = [("dataset", _fmt(f.get("dataset"))), ("model", _fmt(f.get("model"))), ("method", _fmt(f.get("method"))),
+            ("λ", _fmt(f.get("lam"), "g")), ("KD temperature", _fmt(f.get("temp"), "g")),
+            ("epochs", _fmt(f.get("epochs"))), ("test top-1 error", _fmt(f.get("test_top1_err"), ".2%")),
+            ("fitted T (valid NLL)", _fitted_text(entry))]
+    return "| run fact | |\n|---|---|\n" + "\n".join(f"| {k} | {v} |" for k, v in rows)
+
+
+def calibration_markdown(entry: ModelEntry, T: float | None = None) -> str:
+    "ECE and NLL on the test set before and after temperature scaling, as Markdown."
+    c = calibration_numbers(entry, T)
+    return (f"**{entry.label}** — test set, {c['n']} images\n\n"
+            f"| | T = 1 | T = {c['T']:.3g} |\n|---|---|---|\n"
+            f"| ECE | {c['ece_before']:.2%} | {c['ece_after']:.2%} |\n"
+            f"| NLL | {c['nll_before']:.4f} | {c['nll_after']:.4f} |")
+
+
+def confidence_markdown(entry: ModelEntry, logits: Tensor, T: float) -> str:
+    "How confident the model is in its top class at `T`, next to its raw (T = 1) confidence."
+    p_T, p_1 = apply_temperature(logits, T), apply_temperature(logits, 1.0)
+    i = int(p_T.argmax())
+    return (f"Top class **{entry.classes[i]}**: {float(p_T[i]):.1%} confident at T = {T:.3g} "
+            f"({float(p_1[i]):.1%} at T = 1)")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the Gradio app
+
+
+def _explain_undecodable(image) -> None:
+    """Make an image input hand uploads that gradio's own decoding rejects on as their path, so that `safe_image`
+    says what is wrong in one line (gradio would show a bare "Error")."""
+    # wrapped on the instance: subclassing a gradio component makes gradio write a .pyi stub next to this module
+    stock = image.preprocess
+
+    def preprocess(payload):
+        try: return stock(payload)
+        except Exception:
+            return None if payload is None or getattr(payload, "path", None) is None else str(payload.path)
+    image.preprocess = preprocess
+
+
+def _as_entries(run_dirs) -> list[ModelEntry]:
+    items = list(run_dirs)
+    if items and all(isinstance(e, ModelEntry) for e in items): return items
+    return load_models(items)
+
+
+def build_demo(run_dirs: Sequence, k: int = 5, n_examples: int = 6):
+    "The Gradio Blocks app for these run directories (or already loaded `ModelEntry`s); doesn't start a server."
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # the demo runs offline: no telemetry calls
+    import gradio as gr
+
+    entries = _as_entries(run_dirs)
+    n = len(entries)
+    max_k = max(min(10, len(e.classes)) for e in entries)
+    examples = example_images(entries, n_examples)
+    hint = "Upload an image (PNG, JPEG, GIF, BMP, WebP, TIFF) or pick an example."
+
+    with gr.Blocks(title="CS-KD: calibrated predictions", analytics_enabled=False) as demo:
+        gr.Markdown("# Class-wise self-knowledge distillation: calibrated predictions side by side\n"
+                    "Each model's probabilities are `softmax(logits / T)`; T starts at the temperature fitted on "
+                    "its validation logits (NLL, LBFGS), or at 1 where the model gets every validation image right "
+                    "(then the NLL has no optimum). Move a slider to set T by hand.")
+        logits_state = gr.State(None)
+        labels, confs, temps, resets, plots, nums = [], [], [], [], [], []
+        with gr.Row(equal_height=False):
+            with gr.Column(scale=1, min_width=280):
+                image = gr.Image(type="filepath", image_mode=None, label="Image", height=300,
+                                 sources=["upload", "clipboard"], elem_id="image-input")
+                _explain_undecodable(image)
+                if examples:
+                    gr.Examples([[str(p)] for p, _ in examples], inputs=image, label="Examples from the test set",
+                                example_labels=[c for _, c in examples])
+                k_slider = gr.Slider(1, max_k, value=min(k, max_k), step=1, label="Top-k classes shown")
+                status = gr.Markdown(hint, elem_id="status")
+            for i, e in enumerate(entries):
+                with gr.Column(scale=1, min_width=240):
+                    where = f"\n`…/{'/'.join(e.path.parts[-3:])}`" if e.path else ""  # recipe/label/seed
+                    gr.Markdown(f"### {e.label}{where}")
+                    labels.append(gr.Label(label=f"{e.label}: top-k probabilities", elem_id=f"label-{i}"))
+                    confs.append(gr.Markdown("", elem_id=f"confidence-{i}"))
+                    hi = max(10.0, math.ceil(2 * e.temperature))
+                    temps.append(gr.Slider(min(0.05, e.temperature), hi, value=round(e.temperature, 3), step=0.01,
+                                           label=f"Temperature T (fitted: {_fitted_text(e)})", elem_id=f"temp-{i}"))
+                    resets.append(gr.Button("Use the default T" if e.degenerate_fit else "Use the fitted T", size="sm"))
+                    gr.Markdown(facts_markdown(e))
+        gr.Markdown("## Calibration on the stored test logits")
+        for i, e in enumerate(entries):
+            with gr.Row(equal_height=False):
+                plots.append(gr.Plot(calibration_figure(e), format="png", scale=3, show_label=False))
+                nums.append(gr.Markdown(calibration_markdown(e), elem_id=f"calibration-{i}"))
+
+        def render(logits, k, ts):
+            if logits is None: return [None] * n, [""] * n
+            zs = [torch.tensor(z) for z in logits]
+            return ([top_k(apply_temperature(z, T), e.classes, int(k)) for e, z, T in zip(entries, zs, ts)],
+                    [confidence_markdown(e, z, T) for e, z, T in zip(entries, zs, ts)])
+
+        def on_image(path, k, *ts):
+            if path is None: return [hint] + [None] * n + [""] * n + [None]
+            try:
+                img = safe_image(path)
+                logits = [predict_logits(e, img).tolist() for e in entries]
+            except ValueError as err:
+                gr.Warning(str(err))
+                return [f"**Cannot use this upload:** {err}"] + [None] * n + [""] * n + [None]
+            except Exception as err:  # a model that fails on one input must not take the app down
+                log.exception("prediction failed")
+                return [f"**Prediction failed:** {type(err).__name__}: {_one_line(err)}"] + [None] * n + [""] * n + [None]
+            labs, cs = render(logits, k, ts)
+            return [f"Predicted a {img.width}×{img.height} image."] + labs + cs + [logits]
+
+        def on_controls(logits, k, *ts):
+            labs, cs = render(logits, k, ts)
+            return labs + cs
+
+        image.change(on_image, [image, k_slider, *temps], [status, *labels, *confs, logits_state],
+                     api_name="predict", trigger_mode="always_last")
+        for ctl in (k_slider, *temps):
+            ctl.change(on_controls, [logits_state, k_slider, *temps], [*labels, *confs],
+                       api_visibility="private", trigger_mode="always_last")
+        for i, e in enumerate(entries):
+            temps[i].change(lambda T, e=e: (calibration_figure(e, T), calibration_markdown(e, T)), temps[i],
+                            [plots[i], nums[i]], api_visibility="private", trigger_mode="always_last")
+            resets[i].click(lambda T=round(e.temperature, 3): T, None, temps[i], api_visibility="private")
+    return demo
+
+
+def launch(run_dirs: Sequence, host: str = "127.0.0.1", port: int | None = None, **launch_kwargs):
+    "Load the runs, build the app and serve it on `host:port` (loopback unless told otherwise) until interrupted."
+    entries = load_models(run_dirs)  # fails with one line before anything is served
+    demo = build_demo(entries)
+    if host not in LOOPBACK:
+        print(f"warning: serving on {host}: anyone who can reach this machine can use the app")
+    demo.queue(default_concurrency_limit=2)
+    kw = dict(server_name=host, server_port=port, show_error=True, ssr_mode=False, max_file_size="50mb",
+              footer_links=["api"])
+    return demo.launch(**(kw | launch_kwargs))
