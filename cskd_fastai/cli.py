@@ -56,16 +56,40 @@ def train(recipe: Path = typer.Argument(..., help="recipe YAML, e.g. recipes/qui
           seed: Optional[List[int]] = typer.Option(None, "--seed", help="train these seeds instead of the recipe's"),
           only: Optional[List[str]] = typer.Option(None, "--only", help="train only these methods (name or label)"),
           resume: bool = typer.Option(False, "--resume", help="continue unfinished runs from their last epoch, skip finished ones"),
-          progress: Optional[bool] = typer.Option(None, "--progress/--no-progress", help="progress bars (default: on a terminal)")):
+          progress: Optional[bool] = typer.Option(None, "--progress/--no-progress", help="progress bars (default: on a terminal)"),
+          distributed: bool = typer.Option(False, "--distributed", help="one process per GPU (or --nproc) through torchrun "
+                                           "and fastai's distrib_ctx: each step sees processes x bs anchors; rank 0 writes"),
+          nproc: Optional[int] = typer.Option(None, "--nproc", min=1, help="with --distributed: number of processes "
+                                              "(default: visible GPUs; on CPU, gloo processes)")):
     "Train every method x seed of a recipe, then print the comparison table."
     def _do():
+        from . import distributed as D
         from .compare import collect, summarize, to_markdown
         from .recipe import load_recipe
-        from .train import train_recipe
+        from .train import plan_runs, train_recipe
         sets = list(set_) + ([f"seeds=[{','.join(map(str, seed))}]"] if seed else [])
         r = load_recipe(recipe, sets)
+        if nproc is not None and not distributed: raise ValueError("--nproc needs --distributed")
+        if distributed and not any(k in os.environ for k in D.LAUNCHER_ENV):  # not launched yet: relaunch under torchrun
+            import subprocess
+            import torch
+            n = nproc or torch.cuda.device_count()
+            if n < 1: raise ValueError("--distributed found no GPU; pass --nproc N to run N CPU (gloo) processes")
+            if n > 1:
+                plan_runs(r, out, resume=resume, only=only or None)   # bad input: one error line here, not N tracebacks
+                args = ["train", str(recipe), *[a for s in set_ for a in ("--set", s)], "--out", str(out)]
+                args += [a for s in seed or [] for a in ("--seed", str(s))] + [a for o in only or [] for a in ("--only", o)]
+                if data_root is not None: args += ["--data-root", data_root]
+                if resume: args.append("--resume")
+                if progress is not None: args.append("--progress" if progress else "--no-progress")
+                cmd = D.launch_command(args, n)
+                typer.echo(f"launching {n} processes: {' '.join(cmd)}")
+                rc = subprocess.run(cmd).returncode
+                if rc: raise typer.Exit(rc)
+                return
+            typer.echo("--distributed with one process: training in this process")
         dirs = train_recipe(r, out, data_root=data_root, resume=resume, only=only or None, progress=progress)
-        typer.echo("\n" + to_markdown(summarize(collect(dirs))))
+        if D.is_main(): typer.echo("\n" + to_markdown(summarize(collect(dirs))))
     _guard(_do)
 
 

@@ -76,9 +76,10 @@ class TrainCfg(_Strict):
     milestones: list[float] = Field([0.5, 0.75], description="paper schedule: lr ÷10 at these fractions of the epochs")
     augment: Literal["none", "flip", "crop", "crop_flip", "resized_crop_flip"] = "crop_flip"
     mixed_precision: Literal["none", "bf16", "fp16"] = "none"
-    channels_last: bool = False
-    compile: bool = False
-    workers: int = Field(0, ge=0)
+    channels_last: bool = Field(False, description="model and input batches (anchors and partners) in channels_last")
+    compile: bool = Field(False, description="torch.compile the model (falls back to eager, with a warning, if it fails)")
+    gpu_augment: bool = Field(False, description="flip/crop per batch on the device instead of per item in PIL (training only)")
+    workers: int = Field(0, ge=0, description="loader worker processes (pinned memory on CUDA when > 0)")
     select: Literal["last", "best_valid"] = Field("last", description="report the last epoch or the best on VALID")
     drop_last: bool = False
 

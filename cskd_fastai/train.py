@@ -22,6 +22,7 @@ from fastai.callback.core import Callback
 from fastai.callback.mixup import CutMix, MixUp
 from fastai.callback.progress import ProgressCallback
 from fastai.data.core import Datasets, TfmdLists
+from fastai.distributed import DistributedDL
 from fastai.data.transforms import Categorize, IntToFloatTensor, Normalize, ToTensor
 from fastai.learner import Recorder
 from fastai.losses import CrossEntropyLossFlat, LabelSmoothingCrossEntropyFlat
@@ -30,19 +31,22 @@ from fastai.torch_core import set_seed
 from fastai.vision.augment import FlipItem, RandomResizedCrop, Resize
 from fastai.vision.core import imagenet_stats
 
+from . import distributed as D
 from . import rundir as R
 from .data import PairedDL, dataset_labels
 from .datasets import ImageDataset, load_dataset
 from .learner import cskd_learner, plain_learner
 from .metrics import classification_metrics, cskd_metrics
 from .recipe import Recipe
+from .speed import apply_speed_options, device_aug_tfms, loader_kwargs
 from .teacher import TeacherKD
 from .transforms import PadRandomCrop, load_image
 
-__all__ = ["stratified_split", "load_data", "subsample_per_class", "build_dls", "build_learner", "train_run", "train_recipe", "run_dir_for", "RunExistsError"]
+__all__ = ["stratified_split", "load_data", "subsample_per_class", "build_dls", "build_learner", "train_run", "train_recipe", "plan_runs", "run_dir_for", "RunExistsError"]
 
 
 def _log(msg: str) -> None: print(msg, flush=True)   # flushed: logs of long runs must show up as they happen
+def _quiet(msg: str) -> None: pass                     # ranks other than 0 of a distributed run
 
 
 class RunExistsError(FileExistsError):
@@ -84,10 +88,11 @@ def build_dls(recipe: Recipe, data: ImageDataset, seed: int, paired: bool, devic
                           TfmdLists(ys, [Categorize(vocab=list(data.classes))], splits=splits)])
     dl_type = PairedDL if paired else None
     if device is None: device = "cuda" if torch.cuda.is_available() else "cpu"
-    dls = dsets.dataloaders(bs=tc.bs, dl_type=dl_type, after_item=_item_tfms(cfg.image_size, tc.augment),
-                            after_batch=[IntToFloatTensor(), Normalize.from_stats(*imagenet_stats)],
-                            num_workers=tc.workers, drop_last=tc.drop_last, device=device,
-                            pin_memory=torch.cuda.is_available() and tc.workers > 0)
+    # train.gpu_augment: flips/crops per batch on the device (training only; valid/test items are unchanged)
+    item_tfms, aug = device_aug_tfms(cfg.image_size, tc.augment) if tc.gpu_augment else (_item_tfms(cfg.image_size, tc.augment), [])
+    dls = dsets.dataloaders(bs=tc.bs, dl_type=dl_type, after_item=item_tfms,
+                            after_batch=[IntToFloatTensor(), *aug, Normalize.from_stats(*imagenet_stats)],
+                            drop_last=tc.drop_last, device=device, **loader_kwargs(tc.workers, device))
     return dls
 
 
@@ -142,7 +147,7 @@ def build_learner(recipe: Recipe, dls, path: Path):
         if not torch.cuda.is_available():
             print(f"warning: train.mixed_precision={tc.mixed_precision} needs CUDA; training in float32 on CPU")
         else: learn = learn.to_bf16() if tc.mixed_precision == "bf16" else learn.to_fp16()
-    return learn
+    return apply_speed_options(learn, tc)   # train.channels_last, train.compile
 
 
 class PaperSchedule(Callback):
@@ -167,16 +172,21 @@ class HistoryCSV(Callback):
         with open(self.fname, "a") as f: f.write(",".join(row) + "\n")
 
 
+def _base_dl(dl):
+    "The loader inside fastai's `DistributedDL` (which has no RNG of its own)."
+    return dl.dl if isinstance(dl, DistributedDL) else dl
+
+
 def _rng_state(learn) -> dict:
     return dict(python=random.getstate(), numpy=np.random.get_state(), torch=torch.get_rng_state(),
                 cuda=torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-                dls=[dl.rng.getstate() for dl in learn.dls.loaders])
+                dls=[_base_dl(dl).rng.getstate() for dl in learn.dls.loaders])
 
 
 def _set_rng_state(learn, st: dict) -> None:
     random.setstate(st["python"]); np.random.set_state(st["numpy"]); torch.set_rng_state(st["torch"])
     if st.get("cuda") is not None and torch.cuda.is_available(): torch.cuda.set_rng_state_all(st["cuda"])
-    for dl, s in zip(learn.dls.loaders, st["dls"]): dl.rng.setstate(s)
+    for dl, s in zip(learn.dls.loaders, st["dls"]): _base_dl(dl).rng.setstate(s)
 
 
 class EpochCheckpoint(Callback):
@@ -190,8 +200,8 @@ class EpochCheckpoint(Callback):
             v = self.recorder.log[self.recorder.metric_names.index("top1_err")]
             if v is not None and v < self.best["value"]:
                 self.best = {"epoch": self.epoch, "value": float(v)}
-                torch.save(self.learn.model.state_dict(), self.run_dir / "best.pth")
-        state = dict(model=self.learn.model.state_dict(), opt=self.learn.opt.state_dict(), epoch=self.epoch,
+                torch.save(D.unwrap(self.learn.model).state_dict(), self.run_dir / "best.pth")
+        state = dict(model=D.unwrap(self.learn.model).state_dict(), opt=self.learn.opt.state_dict(), epoch=self.epoch,
                      rng=_rng_state(self.learn), best=self.best)
         tmp = self.run_dir / (R.CHECKPOINT + ".tmp")
         torch.save(state, tmp); os.replace(tmp, self.run_dir / R.CHECKPOINT)
@@ -219,7 +229,8 @@ def _environment() -> dict:
     dev = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"cpu ({os.cpu_count()} cores)"
     return dict(cskd_fastai=__version__, torch=torch.__version__, torchvision=torchvision.__version__,
                 fastai=fastai.__version__, python=platform.python_version(), platform=platform.platform(),
-                device=dev, git_commit=commit, argv=sys.argv, torch_threads=torch.get_num_threads())
+                device=dev, git_commit=commit, argv=sys.argv, torch_threads=torch.get_num_threads(),
+                world_size=D.world_size())
 
 
 def run_dir_for(recipe: Recipe, out: Path) -> Path:
@@ -256,23 +267,32 @@ def _plots(run_dir: Path, logits: dict, title: str) -> None:
 
 def train_run(recipe: Recipe, run_dir: Path, data: ImageDataset, resume: bool = False,
               log: Callable[[str], None] = _log, progress: Optional[bool] = None) -> dict:
-    "Train one (method, seed) run into `run_dir`; returns its metrics.json content."
+    """Train one (method, seed) run into `run_dir`; returns its metrics.json content.
+
+    Under a multi-process launch (torchrun / accelerate launch / `--distributed`) every rank trains in fastai's
+    `distrib_ctx`; only rank 0 writes `run_dir` and evaluates the final model, the other ranks wait for it."""
     run_dir = Path(run_dir)
     meth, tc = recipe.method, recipe.train
+    main = D.is_main()
+    if not main: log = _quiet
     ckpt = run_dir / R.CHECKPOINT
     resuming = resume and ckpt.exists()
-    run_dir.mkdir(parents=True, exist_ok=True)
-    if not resuming:
-        (run_dir / R.RECIPE).write_text(recipe.to_yaml())
-        (run_dir / R.ENV).write_text(json.dumps(_environment(), indent=2))
+    if main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        if not resuming:
+            (run_dir / R.RECIPE).write_text(recipe.to_yaml())
+            (run_dir / R.ENV).write_text(json.dumps(_environment(), indent=2))
+    D.barrier()   # every rank has decided `resuming` before anything else is written
     set_seed(recipe.seed)
-    dls = build_dls(recipe, data, recipe.seed, paired=meth.name == "cskd")
+    dls = build_dls(recipe, data, recipe.seed, paired=meth.name == "cskd",
+                    device=D.local_device() if D.is_distributed() else None)
     n_train = len(dataset_labels(dls.train_ds))
     counts = np.bincount(dataset_labels(dls.train_ds), minlength=len(data.classes))
     if meth.name == "cskd" and (counts == 1).any():
         log(f"warning: {int((counts == 1).sum())} class(es) have a single training image (e.g. "
             f"{data.classes[int(np.flatnonzero(counts == 1)[0])]!r}): their partner is the image itself")
     learn = build_learner(recipe, dls, run_dir)
+    if D.rank(): set_seed(recipe.seed + 7919 * D.rank())  # own augmentation/partner draws per rank (weights: DDP syncs)
     if progress is None: progress = sys.stdout.isatty()
     if not progress:  # one plain line per epoch (logs, CI, pipes) instead of progress bars
         learn.remove_cb(ProgressCallback)
@@ -282,21 +302,37 @@ def train_run(recipe: Recipe, run_dir: Path, data: ImageDataset, resume: bool = 
         st = torch.load(ckpt, map_location="cpu", weights_only=False)
         learn.model.load_state_dict(st["model"]); learn.create_opt(); learn.opt.load_state_dict(st["opt"])
         start_epoch, best = st["epoch"] + 1, st["best"]
-        _set_rng_state(learn, st["rng"])
+        _set_rng_state(learn, st["rng"])  # rank 0's states (the checkpoint's); other ranks draw their own below
+        if D.rank(): set_seed(recipe.seed + 7919 * D.rank() + start_epoch)
         log(f"resuming {run_dir} at epoch {start_epoch + 1}/{tc.epochs}")
     learn._start_epoch = start_epoch
-    cbs = [HistoryCSV(run_dir / R.HISTORY, start_epoch), EpochCheckpoint(run_dir, tc.select, best)]
+    cbs = [HistoryCSV(run_dir / R.HISTORY, start_epoch), EpochCheckpoint(run_dir, tc.select, best)] if main else []
     log(f"training {recipe.name} / {meth.run_label} / seed {recipe.seed}: {n_train} train, "
-        f"{len(dls.valid_ds)} valid, {len(dls.loaders[2].dataset)} test images, {len(data.classes)} classes")
+        f"{len(dls.valid_ds)} valid, {len(dls.loaders[2].dataset)} test images, {len(data.classes)} classes"
+        + (f"; {D.world_size()} processes x {tc.bs} anchors per step" if D.is_distributed() else ""))
     t0 = time.time()
     if start_epoch < tc.epochs:
-        if tc.schedule == "one_cycle":
-            learn.fit_one_cycle(tc.epochs, tc.lr, cbs=cbs, start_epoch=start_epoch)
-        elif tc.schedule == "paper":
-            learn.fit(tc.epochs, tc.lr, cbs=cbs + [PaperSchedule(tc.lr, tc.milestones)], start_epoch=start_epoch)
-        else:
-            learn.fit(tc.epochs, tc.lr, cbs=cbs, start_epoch=start_epoch)
+        with D.distrib_ctx(learn):
+            if tc.schedule == "one_cycle":
+                learn.fit_one_cycle(tc.epochs, tc.lr, cbs=cbs, start_epoch=start_epoch)
+            elif tc.schedule == "paper":
+                learn.fit(tc.epochs, tc.lr, cbs=cbs + [PaperSchedule(tc.lr, tc.milestones)], start_epoch=start_epoch)
+            else:
+                learn.fit(tc.epochs, tc.lr, cbs=cbs, start_epoch=start_epoch)
     wall = time.time() - t0
+    if not main:   # rank 0 evaluates the final model on the whole valid/test sets and writes the run directory
+        D.barrier()
+        return json.loads((run_dir / R.METRICS).read_text())
+    world = D.world_size()
+    with D.local_only(): result = _finish_run(recipe, run_dir, data, learn, dls, n_train, wall, resuming, world, log)
+    D.barrier()
+    return result
+
+
+def _finish_run(recipe: Recipe, run_dir: Path, data: ImageDataset, learn, dls, n_train: int, wall: float,
+                resuming: bool, world_size: int, log: Callable) -> dict:
+    "Final evaluation, logits, export, plots, metrics.json and DONE of a trained run (rank 0 only)."
+    meth, tc, ckpt = recipe.method, recipe.train, run_dir / R.CHECKPOINT
     selected = tc.epochs - 1
     if tc.select == "best_valid" and (run_dir / "best.pth").exists():
         learn.model.load_state_dict(torch.load(run_dir / "best.pth", map_location="cpu"))
@@ -308,7 +344,7 @@ def train_run(recipe: Recipe, run_dir: Path, data: ImageDataset, resume: bool = 
                  mix=meth.mix, seed=recipe.seed, epochs=tc.epochs, selected_epoch=selected + 1, select=tc.select,
                  schedule=tc.schedule, image_size=recipe.dataset.image_size, bs=tc.bs, lr=tc.lr,
                  n_train=n_train, n_valid=len(dls.valid_ds), n_test=len(dls.loaders[2].dataset),
-                 wall_time_s=round(wall, 1), resumed=resuming)
+                 wall_time_s=round(wall, 1), resumed=resuming, world_size=world_size)
     result = dict(valid=metrics["valid"], test=metrics["test"], facts=facts)
     torch.save(logits, run_dir / R.LOGITS)
     learn.export(R.EXPORT)
@@ -322,10 +358,8 @@ def train_run(recipe: Recipe, run_dir: Path, data: ImageDataset, resume: bool = 
 
 
 # ---- a whole recipe -----------------------------------------------------------------------------------
-def train_recipe(recipe: Recipe, out: Path, data_root: Optional[str] = None, resume: bool = False,
-                 only: Optional[list[str]] = None, log: Callable[[str], None] = _log,
-                 progress: Optional[bool] = None) -> list[Path]:
-    "Train every (method, seed) run of `recipe` under `out`; refuses to touch an existing run unless resuming."
+def plan_runs(recipe: Recipe, out: Path, resume: bool = False, only: Optional[list[str]] = None):
+    "The (run recipe, run dir) pairs `train_recipe` would train; refuses existing run dirs unless resuming."
     runs = [r for r in recipe.runs() if not only or r.method.run_label in only or r.method.name in only]
     if not runs:
         raise ValueError(f"--only {only} matches no method of the recipe (labels: {[m.run_label for m in recipe.methods]})")
@@ -335,7 +369,17 @@ def train_recipe(recipe: Recipe, out: Path, data_root: Optional[str] = None, res
         if existing:
             raise RunExistsError(f"run directory {existing[0]} already exists; use --resume to continue/skip it, "
                                  f"or --out DIR for a fresh place (nothing was overwritten)")
+    return runs, dirs
+
+
+def train_recipe(recipe: Recipe, out: Path, data_root: Optional[str] = None, resume: bool = False,
+                 only: Optional[list[str]] = None, log: Callable[[str], None] = _log,
+                 progress: Optional[bool] = None) -> list[Path]:
+    "Train every (method, seed) run of `recipe` under `out`; refuses to touch an existing run unless resuming."
+    if D.init_distributed() and not D.is_main(): log = _quiet
+    runs, dirs = plan_runs(recipe, out, resume=resume, only=only)
     data = load_data(recipe, data_root)
+    D.barrier()   # every rank has checked the run directories before rank 0 creates any
     for r, d in zip(runs, dirs):
         if resume and R.is_done(d):
             log(f"skipping finished run {d}"); continue
