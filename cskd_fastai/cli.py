@@ -95,8 +95,7 @@ def train(recipe: Path = typer.Argument(..., help="recipe YAML, e.g. recipes/qui
 
 @app.command("eval")
 def evaluate(run_dir: Path = typer.Argument(..., help="a finished run directory"),
-             data: Optional[str] = typer.Option(None, "--data", help="dataset root (default: the recipe's)"),
-             split: str = typer.Option("test", help="test, or valid... only test is re-read from disk")):
+             data: Optional[str] = typer.Option(None, "--data", help="dataset root (default: the recipe's)")):
     "Re-evaluate a run's exported learner on its recipe's test set; prints metrics as JSON."
     def _do():
         from .evaluate import evaluate_run
@@ -106,11 +105,13 @@ def evaluate(run_dir: Path = typer.Argument(..., help="a finished run directory"
 
 @app.command()
 def compare(run_dirs: List[Path] = typer.Argument(..., help="run directories or folders that contain them"),
-            csv: Optional[Path] = typer.Option(None, "--csv", help="also write the table as CSV here")):
+            csv: Optional[Path] = typer.Option(None, "--csv", help="also write the table as CSV here"),
+            split: str = typer.Option("test", "--split", help="test, or valid (choose settings on valid, never on test)")):
     "One table of test top-1/top-5 error, ECE and NLL (mean ± std over seeds) per dataset/model/method."
     def _do():
         from .compare import collect, summarize, to_csv, to_markdown
-        s = summarize(collect(run_dirs))
+        if split not in ("test", "valid"): raise ValueError(f"--split must be test or valid, got {split!r}")
+        s = summarize(collect(run_dirs, split))
         typer.echo(to_markdown(s))
         if csv: to_csv(s, csv); typer.echo(f"wrote {csv}")
     _guard(_do)

@@ -13,8 +13,8 @@ __all__ = ["collect", "summarize", "to_markdown", "to_csv", "METRIC_COLUMNS"]
 METRIC_COLUMNS = ("top1_err", "top5_err", "ece", "nll")
 
 
-def collect(paths: Iterable) -> list[dict]:
-    "One row per finished run: its grouping facts and its test metrics."
+def collect(paths: Iterable, split: str = "test") -> list[dict]:
+    "One row per finished run: its grouping facts and its `split` ('test' or 'valid') metrics."
     runs = find_runs(paths)
     if not runs: raise RunDirError(f"no finished run (a directory with metrics.json and DONE) under {list(map(str, paths))}")
     rows = []
@@ -22,7 +22,7 @@ def collect(paths: Iterable) -> list[dict]:
         r = load_run(p)
         f = r.facts
         rows.append(dict(dataset=f.get("dataset", "?"), model=f.get("model", "?"), method=r.label,
-                         epochs=f.get("epochs"), seed=f.get("seed"), path=str(p), **{k: r.metrics["test"][k] for k in METRIC_COLUMNS}))
+                         epochs=f.get("epochs"), seed=f.get("seed"), path=str(p), **{k: r.metrics[split][k] for k in METRIC_COLUMNS}))
     return rows
 
 

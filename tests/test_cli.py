@@ -235,3 +235,10 @@ def test_analyze_compares_runs(trained, tmp_path):
     report = (tmp_path / "an" / "report.md").read_text()
     assert "ce" in report and "cskd-lam1-T4" in report and (tmp_path / "an" / "embeddings.png").exists()
     _one_error_line(*cli("analyze", runs / "nope"), "nope")
+
+
+def test_compare_on_the_validation_split(trained):
+    runs, _ = trained
+    code, out = cli("compare", runs, "--split", "valid")
+    assert code == 0 and out.count("| imagefolder") == 2, out
+    _one_error_line(*cli("compare", runs, "--split", "train"), "--split must be test or valid")
