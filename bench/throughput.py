@@ -105,14 +105,7 @@ class _Peak:
 
 
 # ---- data ---------------------------------------------------------------------------------------------
-class _Pick:
-    "Item transform: index -> precomputed value (picklable, no decoding)."
-    def __init__(self, values): self.values = values
-    def __call__(self, i): return self.values[i]
-
-
-class _PickImage(_Pick):
-    def __call__(self, i): return TensorImage(self.values[i])
+from overhead import _Pick, _PickImage  # noqa: E402  (same folder: the in-memory item transforms)
 
 
 def synthetic_data(n: int, n_classes: int, size: int, seed: int = 0):
