@@ -59,7 +59,7 @@ from fastai.callback.core import Callback, CancelValidException
 from fastai.callback.progress import ProgressCallback
 from fastai.data.core import Datasets
 from fastai.data.transforms import Categorize, IntToFloatTensor, Normalize
-from fastai.torch_core import TensorImage, set_seed
+from fastai.torch_core import set_seed
 from fastai.vision.core import imagenet_stats
 
 from cskd_fastai.datasets import ImageDataset, ImageSplit, load_dataset
