@@ -22,7 +22,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 from fastai.callback.core import Callback
-from fastai.data.transforms import IntToFloatTensor, Normalize, ToTensor
+from fastai.data.transforms import ToTensor
 from fastai.torch_core import TensorImage
 from fastai.vision.augment import RandomResizedCrop, RandTransform, Resize
 from torch import nn

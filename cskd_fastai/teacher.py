@@ -5,7 +5,7 @@ import torch
 from fastai.callback.core import Callback
 from fastai.callback.mixup import MixUp
 
-from .callback import CSKD, _check_temp
+from .callback import _check_temp
 from .losses import teacher_kd
 
 __all__ = ["TeacherKD"]
