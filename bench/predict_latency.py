@@ -4,7 +4,7 @@
 
 Times `cskd_fastai.app.predict_logits` end to end, as the app calls it for an upload: decode a JPEG file, run the
 learner's own test pipeline (Resize(224), to tensor, ImageNet normalisation), one forward pass of an untrained
-`plain_learner(dls, "resnet18")` in eval mode. The weights don't matter for speed, so no training or download.
+`plain_learner(dls, "resnet18")` in eval mode, weights and input in channels_last as the app runs them. The weights don't matter for speed, so no training or download.
 Prints the median (min, p90) in ms, the forward pass alone for reference, and the ratio to the 50 ms target,
 with the machine's load average: on a shared machine other processes' load shows up directly in these numbers.
 """
@@ -78,7 +78,7 @@ def main(argv=None) -> int:
             Image.fromarray(rng.integers(0, 256, (375, 500, 3), dtype=np.uint8)).save(f, quality=90)
             files.append(f)
         total = _times_ms(lambda f: predict_logits(entry, f), files, args.warmup)
-        x = torch.randn(1, 3, args.size, args.size)
+        x = torch.randn(1, 3, args.size, args.size).contiguous(memory_format=torch.channels_last)
         with torch.inference_mode():
             fwd = _times_ms(lambda _: entry.learn.model(x), list(range(args.n)), args.warmup)
 

@@ -119,6 +119,20 @@ def test_T1_equals_the_learners_own_probabilities(entries, test_images):
             assert [ours[c] for c in e.classes] == pytest.approx(probs.tolist(), abs=1e-6)
 
 
+def test_channels_last_inference_keeps_the_numbers(entries, test_images):
+    "The app runs models in channels_last (faster on CPU); the logits must match the plain contiguous layout."
+    import copy
+    for e in entries:
+        convs = [m for m in e.learn.model.modules() if isinstance(m, torch.nn.Conv2d)]
+        assert convs and all(c.weight.is_contiguous(memory_format=torch.channels_last) for c in convs)
+        plain = copy.deepcopy(e.learn.model).to(memory_format=torch.contiguous_format).eval()
+        assert not convs[0].weight.is_contiguous() or convs[0].weight.shape[-1] == 1  # really another layout
+        for img in test_images:
+            xb = e.learn.dls.test_dl([img], num_workers=0).one_batch()[0]
+            with torch.inference_mode(): ref = plain(xb.contiguous())[0]
+            assert torch.allclose(predict_logits(e, img), ref.as_subclass(torch.Tensor), atol=1e-5, rtol=1e-5)
+
+
 def test_temperature_divides_raw_logits(entries, test_images):
     e = entries[1]
     z = predict_logits(e, test_images[0])
