@@ -12,7 +12,7 @@ from collections import defaultdict
 
 import pandas as pd
 
-from cskd_fastai.rundir import find_runs, load_logits, load_run
+from cskd_fastai.rundir import HISTORY, find_runs, load_logits, load_run
 
 p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 p.add_argument("dirs", nargs="+")
@@ -23,7 +23,7 @@ cols = ["top1_err", "ece", "train_ce", "train_kd", "cskd_lam", "partner_conf", "
 
 hists, n_classes = defaultdict(list), None
 for d in find_runs(args.dirs):
-    h = pd.read_csv(d / "history.csv")
+    h = pd.read_csv(d / HISTORY)
     hists[load_run(d).label].append(h.set_index(h["epoch"] + 1))
     n_classes = n_classes or len(load_logits(d, "test")[2] or []) or None
 print(f"| method | seeds | epoch | " + " | ".join(f"valid {c}" if c in ("top1_err", "ece") else c for c in cols) + " |")
