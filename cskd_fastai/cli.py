@@ -1,4 +1,4 @@
-"""`cskd-fastai`: train / eval / compare / check / analyze / demo, with one-line errors for bad input."""
+"""`cskd-fastai`: train / eval / compare / archive / check / analyze / demo, with one-line errors for bad input."""
 from __future__ import annotations
 
 import json
@@ -113,6 +113,18 @@ def compare(run_dirs: List[Path] = typer.Argument(..., help="run directories or 
         s = summarize(collect(run_dirs, split))
         typer.echo(to_markdown(s))
         if csv: to_csv(s, csv); typer.echo(f"wrote {csv}")
+    _guard(_do)
+
+
+@app.command()
+def archive(run_dirs: List[Path] = typer.Argument(..., help="finished run directories or folders that contain them"),
+            to: Path = typer.Option(Path("docs/evidence"), "--to", help="archive root: <recipe>/<label>/seed<k> below it")):
+    "Copy finished runs' metrics, history, logits and recipe (no export, no checkpoint) into a folder to commit."
+    def _do():
+        from .rundir import RunDirError, archive_run, find_runs
+        runs = find_runs(run_dirs)
+        if not runs: raise RunDirError(f"no finished run (a directory with metrics.json and DONE) under {list(map(str, run_dirs))}")
+        for r in runs: typer.echo(f"archived {r} -> {archive_run(r, to)}")
     _guard(_do)
 
 

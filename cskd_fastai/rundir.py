@@ -10,6 +10,11 @@ Layout of one run (one method, one seed):
     reliability.png, curves.png
     checkpoint.pth   the last finished epoch (model, optimizer, RNG states), kept for `--resume`
     DONE             written last: a run without it is unfinished
+
+An *archived* run (`archive_run`, `cskd-fastai archive`) keeps only the small files that `compare`, the docs scripts
+(temperature scaling, diagnostics, paired tests) and `analyze`-free reports read: recipe, env, history, metrics,
+logits and DONE. Committed under `docs/evidence/`, it lets seeds trained in different sessions or on different
+machines be compared as one table, without the 45 MB export and checkpoint of a ResNet-18.
 """
 from __future__ import annotations
 
@@ -21,10 +26,13 @@ from typing import Iterable
 import torch
 import yaml
 
-__all__ = ["RunDirError", "Run", "load_run", "load_logits", "load_run_learner", "find_runs", "is_done"]
+__all__ = ["RunDirError", "Run", "load_run", "load_logits", "load_run_learner", "find_runs", "is_done", "archive_run", "ARCHIVED"]
 
 RECIPE, ENV, HISTORY, METRICS, LOGITS, EXPORT, CHECKPOINT, DONE = (
     "recipe.yaml", "env.json", "history.csv", "metrics.json", "logits.pt", "export.pkl", "checkpoint.pth", "DONE")
+
+
+ARCHIVED = (RECIPE, ENV, HISTORY, METRICS, LOGITS, DONE)   # DONE last: a partial copy is never a finished run
 
 
 class RunDirError(ValueError):
@@ -93,3 +101,24 @@ def find_runs(paths: Iterable) -> list[Path]:
         cands = [p] if (p / METRICS).exists() else sorted(m.parent for m in p.rglob(METRICS))
         found += [c for c in cands if is_done(c)]
     return sorted(dict.fromkeys(found))
+
+
+def archive_run(path, dest) -> Path:
+    """Copy a finished run's small files (`ARCHIVED`) to `dest/<recipe>/<label>/seed<k>`; returns that directory.
+
+    Never overwrites: an existing archived run of the same recipe, label and seed is an error (archive elsewhere or
+    remove it first), so a committed record is not replaced by accident."""
+    import shutil
+    path, dest = Path(path), Path(dest)
+    run = load_run(path)
+    if not is_done(path): raise RunDirError(f"run dir {path} is unfinished (no {DONE}); finish it with --resume first")
+    for name in ARCHIVED: _need(path, name, "archived with the run")
+    f = run.facts
+    if not all(k in f for k in ("recipe", "label", "seed")):
+        raise RunDirError(f"run dir {path}: {METRICS} lacks the facts recipe/label/seed; retrain it with `cskd-fastai train`")
+    target = dest / f["recipe"] / f["label"] / f"seed{f['seed']}"
+    if target.resolve() == path.resolve(): raise RunDirError(f"run dir {path} is already in {dest}")
+    if target.exists(): raise RunDirError(f"{target} already exists; remove it or archive to another --to folder")
+    target.mkdir(parents=True)
+    for name in ARCHIVED: shutil.copy2(path / name, target / name)
+    return target

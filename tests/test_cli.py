@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 from typer.testing import CliRunner
 
@@ -201,6 +202,28 @@ def test_existing_run_dir_is_never_overwritten(trained, folder, tmp_path):
     recipe = write_recipe(tmp_path / "tiny.yaml", folder)
     _one_error_line(*cli("train", recipe, "--out", runs, "--no-progress"), "already exists", "--resume")
     assert {f.name: f.stat().st_mtime_ns for f in d.iterdir()} == before
+
+
+def test_archive_keeps_what_reports_read_and_never_overwrites(trained, tmp_path):
+    from cskd_fastai.compare import collect
+    from cskd_fastai.rundir import ARCHIVED, load_logits
+    runs, _ = trained
+    code, out = cli("archive", runs, "--to", tmp_path / "ev")
+    assert code == 0 and out.count("archived ") == 2, out
+    for label in ("ce", "cskd-lam1-T4"):
+        a, src = tmp_path / "ev" / "tiny" / label / "seed0", runs / "tiny" / label / "seed0"
+        assert sorted(f.name for f in a.iterdir()) == sorted(ARCHIVED)   # no export, no checkpoint
+        assert torch.equal(load_logits(a)[0], load_logits(src)[0])
+    key = lambda r: r["method"]
+    got, want = sorted(collect([tmp_path / "ev"]), key=key), sorted(collect([runs]), key=key)
+    assert [{k: v for k, v in r.items() if k != "path"} for r in got] == [{k: v for k, v in r.items() if k != "path"} for r in want]
+    r = subprocess.run([sys.executable, str(ROOT / "docs/scripts/paired_test.py"), *(tmp_path / "ev" / "tiny" / l / "seed0"
+                        for l in ("ce", "cskd-lam1-T4"))], capture_output=True, text=True, env=ENV, timeout=120)
+    assert r.returncode == 0 and "McNemar p =" in r.stdout, r.stderr
+    before = (tmp_path / "ev" / "tiny" / "ce" / "seed0" / "metrics.json").stat().st_mtime_ns
+    _one_error_line(*cli("archive", runs / "tiny" / "ce" / "seed0", "--to", tmp_path / "ev"), "already exists")
+    assert (tmp_path / "ev" / "tiny" / "ce" / "seed0" / "metrics.json").stat().st_mtime_ns == before
+    _one_error_line(*cli("archive", tmp_path / "nothing", "--to", tmp_path / "ev"), "does not exist")
 
 
 def test_resume_skips_finished_runs(trained, folder, tmp_path):
