@@ -121,10 +121,8 @@ def archive(run_dirs: List[Path] = typer.Argument(..., help="finished run direct
             to: Path = typer.Option(Path("docs/evidence"), "--to", help="archive root: <recipe>/<label>/seed<k> below it")):
     "Copy finished runs' metrics, history, logits and recipe (no export, no checkpoint) into a folder to commit."
     def _do():
-        from .rundir import RunDirError, archive_run, find_runs
-        runs = find_runs(run_dirs)
-        if not runs: raise RunDirError(f"no finished run (a directory with metrics.json and DONE) under {list(map(str, run_dirs))}")
-        for r in runs: typer.echo(f"archived {r} -> {archive_run(r, to)}")
+        from .rundir import archive_run, finished_runs
+        for r in finished_runs(run_dirs): typer.echo(f"archived {r} -> {archive_run(r, to)}")
     _guard(_do)
 
 

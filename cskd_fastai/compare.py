@@ -6,7 +6,7 @@ from typing import Iterable
 
 import numpy as np
 
-from .rundir import RunDirError, find_runs, load_run
+from .rundir import finished_runs, load_run
 
 __all__ = ["collect", "summarize", "to_markdown", "to_csv", "METRIC_COLUMNS"]
 
@@ -15,10 +15,8 @@ METRIC_COLUMNS = ("top1_err", "top5_err", "ece", "nll")
 
 def collect(paths: Iterable, split: str = "test") -> list[dict]:
     "One row per finished run: its grouping facts and its `split` ('test' or 'valid') metrics."
-    runs = find_runs(paths)
-    if not runs: raise RunDirError(f"no finished run (a directory with metrics.json and DONE) under {list(map(str, paths))}")
     rows = []
-    for p in runs:
+    for p in finished_runs(paths):
         r = load_run(p)
         f = r.facts
         rows.append(dict(dataset=f.get("dataset", "?"), model=f.get("model", "?"), method=r.label,

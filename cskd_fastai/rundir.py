@@ -11,10 +11,11 @@ Layout of one run (one method, one seed):
     checkpoint.pth   the last finished epoch (model, optimizer, RNG states), kept for `--resume`
     DONE             written last: a run without it is unfinished
 
-An *archived* run (`archive_run`, `cskd-fastai archive`) keeps only the small files that `compare`, the docs scripts
-(temperature scaling, diagnostics, paired tests) and `analyze`-free reports read: recipe, env, history, metrics,
-logits and DONE. Committed under `docs/evidence/`, it lets seeds trained in different sessions or on different
-machines be compared as one table, without the 45 MB export and checkpoint of a ResNet-18.
+An *archived* run (`archive_run`, `cskd-fastai archive`) keeps only the small files that `compare` and the docs
+scripts (temperature scaling, diagnostics, paired tests) read: recipe, env, history, metrics, logits and DONE.
+Committed under `docs/evidence/`, it lets seeds trained in different sessions or on different machines be compared
+as one table, without the export and checkpoint (over 100 MB for a ResNet-18 run; `eval`, `analyze` and the demo
+need those).
 """
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ from typing import Iterable
 import torch
 import yaml
 
-__all__ = ["RunDirError", "Run", "load_run", "load_logits", "load_run_learner", "find_runs", "is_done", "archive_run", "ARCHIVED"]
+__all__ = ["RunDirError", "Run", "load_run", "load_logits", "load_run_learner", "find_runs", "finished_runs", "is_done", "archive_run", "ARCHIVED"]
 
 RECIPE, ENV, HISTORY, METRICS, LOGITS, EXPORT, CHECKPOINT, DONE = (
     "recipe.yaml", "env.json", "history.csv", "metrics.json", "logits.pt", "export.pkl", "checkpoint.pth", "DONE")
@@ -101,6 +102,14 @@ def find_runs(paths: Iterable) -> list[Path]:
         cands = [p] if (p / METRICS).exists() else sorted(m.parent for m in p.rglob(METRICS))
         found += [c for c in cands if is_done(c)]
     return sorted(dict.fromkeys(found))
+
+
+def finished_runs(paths: Iterable) -> list[Path]:
+    "`find_runs`, failing with one line when there is none."
+    paths = list(paths)
+    runs = find_runs(paths)
+    if not runs: raise RunDirError(f"no finished run (a directory with metrics.json and DONE) under {list(map(str, paths))}")
+    return runs
 
 
 def archive_run(path, dest) -> Path:
