@@ -17,26 +17,22 @@ budget. Gradio imports lazily, so the pure functions and the command-line errors
 """
 from __future__ import annotations
 
-import atexit
-import io
 import logging
 import math
 import os
-import re
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-import numpy as np
 import torch
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image
 from torch import Tensor
 
-from .calibration import _LOG_T_BOUND, apply_temperature, confidence_histogram, fit_temperature, reliability_diagram
+from .images import IMAGE_FORMATS, MAX_PIXELS, MAX_SIDE, _one_line, safe_image
+from .calibration import (MIN_ERRORS, TemperatureFit, apply_temperature, confidence_histogram, fit_temperature_checked,
+                          reliability_diagram)
 from .metrics.functional import calibration_error, nll
-from .rundir import RunDirError, load_logits, load_run, load_run_learner
+from .rundir import EXAMPLES, RunDirError, load_logits, load_run, load_run_learner, read_examples
 from .speed import channels_last
 
 __all__ = ["ModelEntry", "load_models", "load_model", "safe_image", "predict_logits", "predict", "top_k",
@@ -45,16 +41,7 @@ __all__ = ["ModelEntry", "load_models", "load_model", "safe_image", "predict_log
 
 log = logging.getLogger(__name__)
 
-# Refused outright: decoding alone would cost seconds and hundreds of MB per request (a 40 MP RGB image is 120 MB).
-MAX_PIXELS = 40_000_000
-# Downscaled to this longest side before the learner's pipeline: the models here see <= 224-448 px, so larger
-# inputs only make the per-request resize slower.
-MAX_SIDE = 1024
-# Formats Pillow may decode from an upload; the rest (EPS goes through Ghostscript, for one) are refused.
-IMAGE_FORMATS = ("PNG", "JPEG", "GIF", "BMP", "WEBP", "TIFF")
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
-# `fit_temperature` clamps T to [1e-3, 1e3]; a fit at that bound has no optimum inside it
-_T_BOUND = math.exp(_LOG_T_BOUND)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -65,8 +52,9 @@ _T_BOUND = math.exp(_LOG_T_BOUND)
 class ModelEntry:
     """One loaded run: its learner, class names, temperature, facts and stored (valid, test) logits.
 
-    `temperature` is the T applied by default: `fitted_temperature` (NLL on the valid logits), or 1 when that fit
-    is degenerate (at the fit's bound, see `degenerate_fit`)."""
+    `temperature` is the T applied by default: the temperature fitted on the valid logits where the validation
+    data supports it (`calibration.fit_temperature_checked`: enough errors, and a cross-validated NLL gain), else 1;
+    `fit` says which and why."""
     path: Path | None
     label: str
     learn: Any
@@ -76,16 +64,15 @@ class ModelEntry:
     recipe: dict = field(default_factory=dict)
     valid: tuple[Tensor, Tensor] | None = None  # (logits, labels) stored by `train`
     test: tuple[Tensor, Tensor] | None = None
-    fitted_temperature: float | None = None
+    fit: TemperatureFit | None = None
+
+    @property
+    def fitted_temperature(self) -> float | None: return None if self.fit is None else self.fit.fitted
 
     @property
     def degenerate_fit(self) -> bool:
-        """Whether the fitted T means nothing: every validation prediction is right, so the valid NLL falls
-        monotonically as T -> 0 and the fit stops wherever LBFGS runs out of gradient (or at its bound)."""
-        T = self.fitted_temperature
-        if T is None: return False
-        if self.valid is not None and bool((self.valid[0].argmax(1) == self.valid[1]).all()): return True
-        return not (1.01 / _T_BOUND < T < _T_BOUND / 1.01)
+        "Whether the fitted T is not applied because the validation data cannot support it (see `fit.reason`)."
+        return self.fit is not None and not self.fit.trusted
 
     @classmethod
     def from_learner(cls, learn, label: str = "model") -> "ModelEntry":
@@ -150,18 +137,19 @@ def load_model(path) -> ModelEntry:
         if z.ndim != 2 or z.shape[0] == 0 or z.shape[1] != len(classes):
             raise RunDirError(f"run dir {path}: logits.pt {split} logits have shape {tuple(z.shape)}, expected "
                               f"(N>0, {len(classes)}) for the learner's {len(classes)} classes")
-    if stored_classes and [str(c) for c in stored_classes] != classes:
+    stored = [str(c) for c in stored_classes]
+    if stored and sorted(stored) != sorted(classes):
         raise RunDirError(f"run dir {path}: logits.pt classes differ from the exported learner's vocabulary; "
                           f"the files come from different runs")
-    try: T = fit_temperature(vz, vy)
+    # Same names in another order: runs trained before the vocabulary kept the loader's order stored the loader's
+    # order there, while their logits and labels follow the (sorted) vocabulary. The vocabulary is the truth.
+    try: fit = fit_temperature_checked(vz, vy)
     except ValueError as e: raise RunDirError(f"run dir {path}: cannot fit a temperature on the valid logits: {e}") from None
     facts = run_facts(run.recipe or {}, run.metrics or {})
-    entry = ModelEntry(path, facts["label"] or path.name, learn, classes, T, facts, run.recipe or {}, (vz, vy),
-                       (tz, ty), fitted_temperature=T)
-    if entry.degenerate_fit:
-        entry.temperature = 1.0
-        log.warning("%s: every validation image is classified right, so the fitted T (%.3g) is arbitrary; "
-                    "the demo applies T = 1 by default", path, T)
+    entry = ModelEntry(path, facts["label"] or path.name, learn, classes, fit.T, facts, run.recipe or {}, (vz, vy),
+                       (tz, ty), fit=fit)
+    if not fit.trusted:
+        log.warning("%s: the fitted T (%.3g) is not applied, T = 1 instead: %s", path, fit.fitted, fit.reason)
     return entry
 
 
@@ -183,98 +171,6 @@ def load_models(run_dirs: Iterable) -> list[ModelEntry]:
     entries = [load_model(p) for p in run_dirs]
     _unique_labels(entries)
     return entries
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# images
-
-
-def _one_line(e: BaseException) -> str:
-    return " ".join(str(e).split()) or type(e).__name__
-
-
-def _check_pixels(im: Image.Image, name: str) -> None:
-    w, h = im.size
-    if w * h > MAX_PIXELS:
-        raise ValueError(f"{name} is {w}x{h} = {w * h / 1e6:.0f} MP, over the {MAX_PIXELS / 1e6:.0f} MP limit; "
-                         f"downscale it first")
-    if w < 1 or h < 1: raise ValueError(f"{name} is empty ({w}x{h} pixels)")
-
-
-def _open(src, name: str) -> Image.Image:
-    "Decode `src` (path or file object) with Pillow, restricted to `IMAGE_FORMATS`, within the pixel budget."
-    try:
-        im = Image.open(src, formats=IMAGE_FORMATS)
-    except UnidentifiedImageError:
-        raise ValueError(f"{name} is not an image (expected one of {', '.join(IMAGE_FORMATS)})") from None
-    except Image.DecompressionBombError as e:
-        raise ValueError(f"{name} is too large to decode safely: {_one_line(e)}") from None
-    except OSError as e:
-        raise ValueError(f"cannot read {name}: {_one_line(e)}") from None
-    _check_pixels(im, name)  # from the header: refuse before decoding
-    try:
-        im.draft("RGB", (MAX_SIDE, MAX_SIDE))  # JPEG: decode at a reduced scale right away (a no-op elsewhere)
-        im.load()
-    except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as e:
-        raise ValueError(f"{name} is corrupt or truncated ({_one_line(e)})") from None
-    return im
-
-
-def _from_array(a: np.ndarray) -> Image.Image:
-    "HxW, HxWx1, HxWx3 or HxWx4 array (uint8, or float in [0, 1]) -> PIL image."
-    if a.ndim == 3 and a.shape[-1] == 1: a = a[..., 0]
-    if not (a.ndim == 2 or (a.ndim == 3 and a.shape[-1] in (3, 4))) or a.size == 0:
-        raise ValueError(f"expected an HxW, HxWx3 or HxWx4 image array, got shape {a.shape}")
-    if a.dtype != np.uint8:
-        if not np.issubdtype(a.dtype, np.number) or not np.isfinite(a).all():
-            raise ValueError(f"expected a uint8 (or finite float in [0, 1]) image array, got {a.dtype}")
-        a = np.clip(np.rint(a * 255.0 if a.max() <= 1.0 else a), 0, 255).astype(np.uint8)
-    return Image.fromarray(np.ascontiguousarray(a))
-
-
-def _to_rgb(im: Image.Image) -> Image.Image:
-    "RGB for every mode: transparency composited on white (not dropped to black), 16-bit/float scaled to 8 bits."
-    if im.mode == "RGB": return im
-    if im.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (im.mode == "P" and "transparency" in im.info):
-        rgba = im.convert("RGBA")
-        bg = Image.new("RGB", rgba.size, (255, 255, 255))
-        bg.paste(rgba, mask=rgba.getchannel("A"))
-        return bg
-    if im.mode in ("I", "F") or im.mode.startswith("I;16"):
-        a = np.asarray(im, dtype=np.float64)
-        hi = float(a.max()) if a.size else 0.0
-        scale = 255.0 if im.mode == "F" and hi <= 1.0 else 255.0 / 65535.0 if hi > 255 else 1.0
-        return Image.fromarray(np.clip(np.rint(a * scale), 0, 255).astype(np.uint8)).convert("RGB")
-    return im.convert("RGB")
-
-
-def safe_image(obj) -> Image.Image:
-    """A decoded RGB PIL image from a file path, bytes, a numpy array or a PIL image; a one-line `ValueError` on
-    anything else (not an image, corrupt, over `MAX_PIXELS`). Longer sides than `MAX_SIDE` are downscaled."""
-    if obj is None: raise ValueError("no image: upload one or pick an example")
-    if isinstance(obj, Image.Image):
-        _check_pixels(obj, "the image")
-        im = obj
-    elif isinstance(obj, np.ndarray):
-        im = _from_array(obj)
-        _check_pixels(im, "the image array")
-    elif isinstance(obj, (bytes, bytearray)):
-        im = _open(io.BytesIO(bytes(obj)), "the uploaded data")
-    elif isinstance(obj, (str, os.PathLike)):
-        p = Path(obj)
-        if not p.is_file(): raise ValueError(f"no image file at {p}")
-        with open(p, "rb") as f: im = _open(f, f"file {p.name!r}")
-    else:
-        raise ValueError(f"expected an image (file path, bytes, numpy array or PIL image), got {type(obj).__name__}")
-    try:
-        im = ImageOps.exif_transpose(im)  # phone photos: honour the orientation tag, as viewers do
-    except Exception:
-        pass  # a broken EXIF block is no reason to refuse the pixels
-    if max(im.size) > MAX_SIDE:
-        im = im.copy()  # thumbnail works in place: never resize the caller's image
-        im.thumbnail((MAX_SIDE, MAX_SIDE), Image.Resampling.BILINEAR)
-    try: return _to_rgb(im)
-    except Exception as e: raise ValueError(f"cannot convert the {im.mode} image to RGB: {_one_line(e)}") from None
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -357,48 +253,25 @@ def calibration_figure(entry: ModelEntry, T: float | None = None):
 # examples from the run's test set
 
 
-def _spread(labels: Sequence[int], n: int) -> list[int]:
-    "Indices of `n` test items covering as many classes as possible (first item of each class, then the second...)."
-    seen: dict[int, int] = {}
-    keyed = []
-    for i, c in enumerate(labels):
-        keyed.append((seen.get(c, 0), int(c), i))
-        seen[c] = seen.get(c, 0) + 1
-    return [i for _, _, i in sorted(keyed)[:n]]
-
-
-def _slug(s: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", str(s))[:40] or "image"
-
-
-def example_images(entries: Sequence[ModelEntry], n: int = 6, out_dir=None) -> list[tuple[Path, str]]:
-    """Up to `n` test images of the runs' dataset as `(png_path, true_class)`, written to `out_dir` (a temp dir);
-    empty when the dataset named in recipe.yaml is not reachable from here."""
-    from .datasets import load_dataset
-    if out_dir is None:
-        out_dir = Path(tempfile.mkdtemp(prefix="cskd-demo-examples-"))
-        atexit.register(shutil.rmtree, out_dir, True)
-    out_dir = Path(out_dir); out_dir.mkdir(parents=True, exist_ok=True)
-    found, tried = [], set()
+def example_images(entries: Sequence[ModelEntry], n: int = 6) -> list[tuple[Path, str]]:
+    """Up to `n` example images as `(png_path, true_class)`: the test thumbnails `train` stored inside each run
+    directory (`rundir.read_examples`). Nothing else is opened: not a data root named in a file, not a pickle."""
+    found, seen = [], set()
     for e in entries:
-        ds = e.recipe.get("dataset") or {}
-        name, root = (ds.get("name"), ds.get("root")) if isinstance(ds, dict) else (ds, None)
-        if not name or (name, root) in tried: continue
-        tried.add((name, root))
-        try: data = load_dataset(name, root)
-        except Exception as err:  # unreachable data only costs the examples, never the demo
-            log.warning("no examples from %s: %s", name, _one_line(err))
-            continue
-        for i in _spread(data.test.labels, n - len(found)):
-            cls = data.classes[data.test.labels[i]]
-            try: img = safe_image(data.test.items[i])  # arrays (CIFAR, digits) and files alike -> PNG
-            except ValueError as err:
-                log.warning("skipping example %s: %s", i, err); continue
-            p = out_dir / f"{len(found):02d}_{_slug(cls)}.png"
-            img.save(p)
-            found.append((p, str(cls)))
-        if len(found) >= n: break
+        if e.path is None: continue
+        for p, cls in read_examples(e.path):
+            if len(found) >= n: return found
+            key = (cls, p.read_bytes())
+            if key in seen: continue   # two runs of one recipe store the same thumbnails
+            seen.add(key); found.append((p, cls))
     return found
+
+
+def _inside(path, folders: Sequence[Path]) -> bool:
+    "Whether `path` (symlinks resolved) lies inside one of `folders`."
+    try: real = Path(os.path.realpath(path))
+    except (OSError, ValueError): return False
+    return any(real.is_relative_to(Path(os.path.realpath(f))) for f in folders)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -411,10 +284,10 @@ def _fmt(v, spec: str = "") -> str:
     except (TypeError, ValueError): return str(v)
 
 
-def _fitted_text(entry: ModelEntry) -> str:
+def _fitted_text(entry: ModelEntry, why: bool = False) -> str:
     T = entry.fitted_temperature
     if T is None: return "—"
-    if entry.degenerate_fit: return f"{T:.3g}, not applied (no valid error: the NLL optimum is T → 0)"
+    if entry.degenerate_fit: return f"{T:.3g}, not trusted, T = 1 used" + (f" ({entry.fit.reason})" if why else "")
     return f"{T:.3f}"
 
 
@@ -424,7 +297,7 @@ def facts_markdown(entry: ModelEntry) -> str:
     rows = [("dataset", _fmt(f.get("dataset"))), ("model", _fmt(f.get("model"))), ("method", _fmt(f.get("method"))),
             ("λ", _fmt(f.get("lam"), "g")), ("KD temperature", _fmt(f.get("temp"), "g")),
             ("epochs", _fmt(f.get("epochs"))), ("test top-1 error", _fmt(f.get("test_top1_err"), ".2%")),
-            ("fitted T (valid NLL)", _fitted_text(entry))]
+            ("fitted T (valid NLL)", _fitted_text(entry, why=True))]
     return "| run fact | |\n|---|---|\n" + "\n".join(f"| {k} | {v} |" for k, v in rows)
 
 
@@ -449,16 +322,27 @@ def confidence_markdown(entry: ModelEntry, logits: Tensor, T: float) -> str:
 # the Gradio app
 
 
-def _explain_undecodable(image) -> None:
-    """Make an image input hand uploads that gradio's own decoding rejects on as their path, so that `safe_image`
-    says what is wrong in one line (gradio would show a bare "Error")."""
+REFUSED = "<refused: not an uploaded file>"
+REFUSAL = ("only images uploaded to this app, or its examples, are read; upload the image (the API's "
+           "/gradio_api/upload) and pass the path it returns")
+
+
+def _guard_input(image, allowed: Sequence[Path]) -> None:
+    """Check an image input's payload before gradio touches it: only files inside Gradio's upload cache or
+    `allowed` (the runs' example folders) are read; anything else (a server path an API client made up) becomes
+    `REFUSED`, whether or not the path exists. Uploads gradio's own decoding rejects are handed on as their path,
+    so that `safe_image` says what is wrong in one line (gradio would show a bare "Error")."""
+    from gradio.utils import get_upload_folder
     # wrapped on the instance: subclassing a gradio component makes gradio write a .pyi stub next to this module
     stock = image.preprocess
+    folders = [Path(get_upload_folder()), *allowed]
 
     def preprocess(payload):
+        if payload is None: return None
+        path = getattr(payload, "path", None)
+        if not path or not _inside(path, folders): return REFUSED
         try: return stock(payload)
-        except Exception:
-            return None if payload is None or getattr(payload, "path", None) is None else str(payload.path)
+        except Exception: return str(path)
     image.preprocess = preprocess
 
 
@@ -477,20 +361,22 @@ def build_demo(run_dirs: Sequence, k: int = 5, n_examples: int = 6):
     n = len(entries)
     max_k = max(min(10, len(e.classes)) for e in entries)
     examples = example_images(entries, n_examples)
+    example_dirs = [e.path / EXAMPLES for e in entries if e.path is not None]
     hint = "Upload an image (PNG, JPEG, GIF, BMP, WebP, TIFF) or pick an example."
 
     with gr.Blocks(title="CS-KD: calibrated predictions", analytics_enabled=False) as demo:
         gr.Markdown("# Class-wise self-knowledge distillation: calibrated predictions side by side\n"
                     "Each model's probabilities are `softmax(logits / T)`; T starts at the temperature fitted on "
-                    "its validation logits (NLL, LBFGS), or at 1 where the model gets every validation image right "
-                    "(then the NLL has no optimum). Move a slider to set T by hand.")
+                    "its validation logits (NLL, LBFGS) where the validation split supports it (at least "
+                    f"{MIN_ERRORS} errors and a cross-validated NLL gain), else at 1 (the run facts say why). Move a "
+                    "slider to set T by hand.")
         logits_state = gr.State(None)
         labels, confs, temps, resets, plots, nums = [], [], [], [], [], []
         with gr.Row(equal_height=False):
             with gr.Column(scale=1, min_width=280):
                 image = gr.Image(type="filepath", image_mode=None, label="Image", height=300,
                                  sources=["upload", "clipboard"], elem_id="image-input")
-                _explain_undecodable(image)
+                _guard_input(image, example_dirs)
                 if examples:
                     gr.Examples([[str(p)] for p, _ in examples], inputs=image, label="Examples from the test set",
                                 example_labels=[c for _, c in examples])
@@ -521,6 +407,7 @@ def build_demo(run_dirs: Sequence, k: int = 5, n_examples: int = 6):
 
         def on_image(path, k, *ts):
             if path is None: return [hint] + [None] * n + [""] * n + [None]
+            if path == REFUSED: return [f"**Cannot use this input:** {REFUSAL}"] + [None] * n + [""] * n + [None]
             try:
                 img = safe_image(path)
                 logits = [predict_logits(e, img).tolist() for e in entries]

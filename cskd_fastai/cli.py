@@ -35,11 +35,16 @@ def _guard(fn, *args, **kwargs):
     from .datasets import DatasetLayoutError
     from .recipe import RecipeError
     from .rundir import RunDirError
-    from .train import RunExistsError
+    from .train import RunExistsError, TrainingDiverged
     if os.environ.get("CSKD_DEBUG"): return fn(*args, **kwargs)
     try:
         return fn(*args, **kwargs)
     except (RecipeError, DatasetLayoutError, RunDirError, RunExistsError) as e: _fail(str(e))
+    except TrainingDiverged as e: _fail(_one_line(e), 1)
+    except OSError as e:
+        import errno
+        if e.errno in (errno.ENOSPC, errno.EDQUOT): _fail(_one_line(e), 1)
+        _fail(f"{type(e).__name__}: {_one_line(e)} (set CSKD_DEBUG=1 for the traceback)", 1)
     except (ValueError, FileNotFoundError, KeyError, TypeError) as e: _fail(_one_line(e))
     except KeyboardInterrupt: _fail("interrupted; finished epochs are checkpointed: rerun with --resume", 130)
     except typer.Exit: raise
@@ -94,11 +99,12 @@ def train(recipe: Path = typer.Argument(..., help="recipe YAML, e.g. recipes/qui
 
 @app.command("eval")
 def evaluate(run_dir: Path = typer.Argument(..., help="a finished run directory"),
-             data: Optional[str] = typer.Option(None, "--data", help="dataset root (default: the recipe's)")):
+             data_root: Optional[str] = typer.Option(None, "--data-root", "--data",
+                                                     help="dataset root (default: the one the run was trained on)")):
     "Re-evaluate a run's exported learner on its recipe's test set; prints metrics as JSON."
     def _do():
         from .evaluate import evaluate_run
-        typer.echo(json.dumps(evaluate_run(run_dir, data_root=data), indent=2))
+        typer.echo(json.dumps(evaluate_run(run_dir, data_root=data_root), indent=2))
     _guard(_do)
 
 
@@ -130,8 +136,11 @@ def archive(run_dirs: List[Path] = typer.Argument(..., help="finished run direct
 def check(recipe: Path = typer.Argument(..., help="recipe YAML"),
           set_: List[str] = typer.Option([], "--set", help="override a key (repeatable)"),
           data_root: Optional[str] = typer.Option(None, "--data-root", help="dataset root (overrides dataset.root)"),
-          no_data: bool = typer.Option(False, "--no-data", help="validate the recipe only, not the dataset layout")):
-    "Validate a recipe and its dataset layout without training."
+          no_data: bool = typer.Option(False, "--no-data", help="validate the recipe only, not the dataset layout"),
+          verify_images: bool = typer.Option(False, "--verify-images", help="decode every image file (slow on big "
+                                             "sets) and list the ones training would fail on"),
+          progress: Optional[bool] = typer.Option(None, "--progress/--no-progress", help="progress bar (default: on a terminal)")):
+    "Validate a recipe (keys, model) and its dataset layout (classes, splits, optionally every image) without training."
     def _do():
         from .recipe import load_recipe
         r = load_recipe(recipe, list(set_))
@@ -141,6 +150,42 @@ def check(recipe: Path = typer.Argument(..., help="recipe YAML"),
         from .train import load_data
         d = load_data(r, data_root)
         typer.echo(f"dataset {d.name}: ok ({len(d.classes)} classes, {len(d.train.items)} train, {len(d.test.items)} test)")
+        if verify_images: _verify_images(d, progress)
+    _guard(_do)
+
+
+def _verify_images(data, progress: Optional[bool]) -> None:
+    "Decode every image file of `data`; list the unreadable ones (at most 20) and fail with their count."
+    import sys
+    from .images import verify_image
+    files = [p for split in (data.train, data.test) for p in split.items if isinstance(p, (str, Path))]
+    if not files: typer.echo("images: stored as arrays, nothing to decode"); return
+    bad = []
+    show = sys.stdout.isatty() if progress is None else progress
+    if show:
+        from fastprogress.fastprogress import progress_bar
+        files_iter = progress_bar(files, leave=False)
+    else: files_iter = files
+    for f in files_iter:
+        try: verify_image(f)
+        except (ValueError, OSError) as e: bad.append(str(e))
+    if not bad: typer.echo(f"images: ok ({len(files)} files decoded)"); return
+    for b in bad[:20]: typer.echo(f"bad image: {b}", err=True)
+    more = " (first 20 listed)" if len(bad) > 20 else ""
+    raise ValueError(f"{len(bad)} of {len(files)} image files cannot be decoded{more}; remove or replace them, "
+                     f"then run check again")
+
+
+@app.command()
+def trust(run_dirs: List[Path] = typer.Argument(..., help="run directories whose export/checkpoint you made yourself")):
+    "Record the SHA-256 of runs' export.pkl and checkpoint.pth as they are now (for runs trained before hashes existed)."
+    def _do():
+        from .rundir import CHECKPOINT, EXPORT, record_hash
+        for d in run_dirs:
+            if not d.is_dir(): raise ValueError(f"{d} is not a run directory")
+            names = [n for n in (EXPORT, CHECKPOINT) if (d / n).is_file()]
+            if not names: raise ValueError(f"{d} has neither {EXPORT} nor {CHECKPOINT}")
+            for n in names: typer.echo(f"{d / n}: sha256 {record_hash(d, n)}")
     _guard(_do)
 
 

@@ -1,4 +1,5 @@
-"""`compare`: one table of test metrics (mean ± std over seeds), grouped by dataset / model / method."""
+"""`compare`: one table of test metrics (mean ± std over seeds), one row per setting: runs are seeds of one row only
+when they share the recipe, dataset, model, image size, schedule, epochs, batch size, learning rate and method."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -6,11 +7,16 @@ from typing import Iterable
 
 import numpy as np
 
-from .rundir import finished_runs, load_run
+from .rundir import RunDirError, finished_runs, load_run
 
 __all__ = ["collect", "summarize", "to_markdown", "to_csv", "METRIC_COLUMNS"]
 
 METRIC_COLUMNS = ("top1_err", "top5_err", "ece", "nll")
+
+
+# What makes two runs seeds of one setting (facts of metrics.json); the first five are the table's columns.
+GROUP_FACTS = ("recipe", "dataset", "model", "method", "epochs", "image_size", "schedule", "bs", "lr")
+_SHOWN = 5
 
 
 def collect(paths: Iterable, split: str = "test") -> list[dict]:
@@ -19,23 +25,33 @@ def collect(paths: Iterable, split: str = "test") -> list[dict]:
     for p in finished_runs(paths):
         r = load_run(p)
         f = r.facts
-        rows.append(dict(dataset=f.get("dataset", "?"), model=f.get("model", "?"), method=r.label,
-                         epochs=f.get("epochs"), seed=f.get("seed"), path=str(p), **{k: r.metrics[split][k] for k in METRIC_COLUMNS}))
+        if split not in r.metrics: raise RunDirError(f"run dir {p}: metrics.json has no {split!r} split")
+        facts = {k: f.get(k) for k in GROUP_FACTS} | dict(recipe=f.get("recipe", "?"), dataset=f.get("dataset", "?"),
+                                                           model=f.get("model", "?"), method=r.label)
+        rows.append(dict(facts, seed=f.get("seed"), path=str(p), **{k: r.metrics[split][k] for k in METRIC_COLUMNS}))
     return rows
 
 
 def summarize(rows: list[dict]) -> list[dict]:
-    "Group rows by (dataset, model, method, epochs): mean and sample std (ddof=1; 0 for one seed) of each metric."
+    """Group rows by every fact in `GROUP_FACTS` (never by loader type alone: two ImageFolder recipes are two
+    datasets): mean and sample std (ddof=1; 0 for one seed) of each metric. Where two groups would look alike in
+    the table's columns, the facts that tell them apart are appended to the method cell."""
     groups: dict = {}
-    for r in rows: groups.setdefault((r["dataset"], r["model"], r["method"], r["epochs"]), []).append(r)
+    for r in rows: groups.setdefault(tuple(r.get(k) for k in GROUP_FACTS), []).append(r)
+    shown: dict = {}
+    for key in groups: shown.setdefault(key[:_SHOWN], []).append(key)
     out = []
-    for (ds, model, method, epochs), rs in groups.items():
-        row = dict(dataset=ds, model=model, method=method, epochs=epochs, seeds=len(rs))
+    for key, rs in groups.items():
+        row = dict(zip(GROUP_FACTS, key), seeds=len(rs))
+        twins = shown[key[:_SHOWN]]
+        if len(twins) > 1:   # e.g. one recipe name trained twice with another lr: say which row is which
+            diff = [k for i, k in enumerate(GROUP_FACTS[_SHOWN:], _SHOWN) if len({t[i] for t in twins}) > 1]
+            row["method"] = f"{row['method']} [{', '.join(f'{k}={key[GROUP_FACTS.index(k)]}' for k in diff)}]"
         for k in METRIC_COLUMNS:
             v = np.array([r[k] for r in rs], dtype=float)
             row[k] = float(v.mean()); row[k + "_std"] = float(v.std(ddof=1)) if len(v) > 1 else 0.0
         out.append(row)
-    return sorted(out, key=lambda r: (r["dataset"], r["model"], str(r["epochs"]), r["method"]))
+    return sorted(out, key=lambda r: (str(r["recipe"]), str(r["dataset"]), str(r["model"]), str(r["epochs"]), r["method"]))
 
 
 def _fmt(r: dict, k: str) -> str:
@@ -46,16 +62,16 @@ def _fmt(r: dict, k: str) -> str:
 
 def to_markdown(summary: list[dict]) -> str:
     "Markdown table; errors in %, ECE and NLL as numbers; ± is the std over seeds."
-    head = "| dataset | model | method | epochs | seeds | top-1 err (%) | top-5 err (%) | ECE | NLL |"
+    head = "| recipe | dataset | model | method | epochs | seeds | top-1 err (%) | top-5 err (%) | ECE | NLL |"
     lines = [head, "|---" * (head.count("|") - 1) + "|"]
     for r in summary:
-        lines.append(f"| {r['dataset']} | {r['model']} | {r['method']} | {r['epochs']} | {r['seeds']} | "
+        lines.append(f"| {r['recipe']} | {r['dataset']} | {r['model']} | {r['method']} | {r['epochs']} | {r['seeds']} | "
                      + " | ".join(_fmt(r, k) for k in METRIC_COLUMNS) + " |")
     return "\n".join(lines)
 
 
 def to_csv(summary: list[dict], path: Path) -> None:
     import csv
-    cols = ["dataset", "model", "method", "epochs", "seeds"] + [c for k in METRIC_COLUMNS for c in (k, k + "_std")]
+    cols = ["recipe", "dataset", "model", "method", "epochs", "seeds"] + [c for k in METRIC_COLUMNS for c in (k, k + "_std")]
     with open(path, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=cols); w.writeheader(); w.writerows({c: r[c] for c in cols} for r in summary)

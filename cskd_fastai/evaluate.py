@@ -29,10 +29,15 @@ def evaluate_run(run_dir, data_root: Optional[str] = None) -> dict:
     data = load_data(recipe, data_root)
     learn = load_run_learner(run_dir)
     vocab = [str(v) for v in learn.dls.vocab]
-    if vocab != [str(c) for c in data.classes]:
+    index = {c: i for i, c in enumerate(vocab)}
+    missing = [str(c) for c in data.classes if str(c) not in index]
+    if missing or len(vocab) != len(data.classes):
         raise RunDirError(f"the data at {data_root or recipe.dataset.root} has other classes than run {run_dir} "
-                          f"({len(data.classes)} vs {len(vocab)}); pass the dataset the run was trained on")
+                          f"({len(data.classes)} vs {len(vocab)}"
+                          + (f"; e.g. {missing[0]!r} is not among the run's" if missing else "")
+                          + "); pass the dataset the run was trained on")
     with learn.no_bar(), learn.no_logging():
         logits = predict_logits(learn, list(data.test.items))
-    labels = torch.tensor(list(data.test.labels))
+    # labels by class *name*: the logits' columns follow the learner's vocabulary, whatever order the loader has
+    labels = torch.tensor([index[str(data.classes[l])] for l in data.test.labels])
     return dict(run=str(Path(run_dir)), n_test=len(labels), test=classification_metrics(logits, labels))

@@ -2,13 +2,29 @@
 from __future__ import annotations
 
 import copy
+import re
 from pathlib import Path
 from typing import Literal, Optional, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-__all__ = ["Recipe", "RecipeError", "load_recipe", "apply_overrides", "Method", "DatasetCfg", "ModelCfg", "TrainCfg"]
+__all__ = ["Recipe", "RecipeError", "load_recipe", "apply_overrides", "Method", "DatasetCfg", "ModelCfg", "TrainCfg",
+           "safe_component"]
+
+_COMPONENT = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.+=-]{0,99}")
+
+
+def safe_component(s: str) -> Optional[str]:
+    """`s` if it is one safe path component (letters, digits, `_ . + = -`, not starting with a dot, no `..`), else
+    None. Recipe names and method labels become folders under --out: they must never climb out of it."""
+    return s if isinstance(s, str) and _COMPONENT.fullmatch(s) and ".." not in s else None
+
+
+def _component(v: Optional[str]) -> Optional[str]:
+    if v is not None and safe_component(v) is None:
+        raise ValueError("expected one folder name: letters, digits and _ . + = - (no '/', no '..', no leading dot)")
+    return v
 
 
 class RecipeError(ValueError):
@@ -41,6 +57,12 @@ class ModelCfg(_Strict):
     head: Literal["paper", "fastai"] = "paper"
     pretrained: bool = False
 
+    @model_validator(mode="after")
+    def _exists(self):
+        from .models import resolve_arch
+        resolve_arch(self.arch, self.head)   # `check` then catches a typo or a missing package, not epoch 0
+        return self
+
 
 class Method(_Strict):
     name: Literal["ce", "label_smoothing", "cskd"]
@@ -54,6 +76,8 @@ class Method(_Strict):
     teacher: Optional[str] = Field(None, description="run dir of an exported teacher: adds standard KD")
     teacher_weight: float = Field(1.0, ge=0)
     teacher_temp: float = Field(4.0, gt=0)
+
+    _label_safe = field_validator("label")(classmethod(lambda cls, v: _component(v)))
 
     @property
     def run_label(self) -> str:
@@ -100,9 +124,13 @@ class Recipe(_Strict):
     methods: list[Method] = Field(min_length=1)
     seeds: list[int] = Field([0], min_length=1)
 
+    _name_safe = field_validator("name")(classmethod(lambda cls, v: _component(v)))
+
     @model_validator(mode="after")
     def _unique_labels(self):
         labels = [m.run_label for m in self.methods]
+        bad = [l for l in labels if safe_component(l) is None]
+        if bad: raise ValueError(f"method run label {bad[0]!r} is not a single folder name; set a 'label'")
         dup = sorted({l for l in labels if labels.count(l) > 1})
         if dup: raise ValueError(f"methods share the run label(s) {dup}; give each a distinct 'label'")
         return self

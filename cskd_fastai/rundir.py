@@ -9,7 +9,11 @@ Layout of one run (one method, one seed):
     export.pkl       the exported learner (fastai `load_learner`), no training-only callback inside
     reliability.png, curves.png
     checkpoint.pth   the last finished epoch (model, optimizer, RNG states), kept for `--resume`
+    hashes.json      SHA-256 of export.pkl and checkpoint.pth, written with them and checked before either is
+                     unpickled (a file changed or truncated since `train` wrote it is refused, not loaded)
+    examples/        a few test images as small PNGs + examples.json (true classes): the demo's examples
     DONE             written last: a run without it is unfinished
+    .lock            held (flock) by the one process writing the run; released, even on a kill, when it exits
 
 An *archived* run (`archive_run`, `cskd-fastai archive`) keeps only the small files that `compare` and the docs
 scripts (temperature scaling, diagnostics, paired tests) read: recipe, env, history, metrics, logits and DONE.
@@ -19,25 +23,230 @@ need those).
 """
 from __future__ import annotations
 
+import errno
+import hashlib
 import json
+import os
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Iterator
 
 import torch
-import yaml
 
-__all__ = ["RunDirError", "Run", "load_run", "load_logits", "load_run_learner", "find_runs", "finished_runs", "is_done", "archive_run", "ARCHIVED"]
+from .recipe import safe_component
 
-RECIPE, ENV, HISTORY, METRICS, LOGITS, EXPORT, CHECKPOINT, DONE = (
-    "recipe.yaml", "env.json", "history.csv", "metrics.json", "logits.pt", "export.pkl", "checkpoint.pth", "DONE")
+__all__ = ["RunDirError", "RunLockedError", "Run", "load_run", "load_logits", "load_run_learner", "find_runs",
+           "finished_runs", "is_done", "archive_run", "ARCHIVED", "run_lock", "record_hash", "verify_hash",
+           "read_json", "read_yaml", "load_checkpoint", "save_atomic", "save_hashed", "disk_full_message", "EXAMPLES",
+           "write_examples", "read_examples"]
 
+RECIPE, ENV, HISTORY, METRICS, LOGITS, EXPORT, CHECKPOINT, DONE, HASHES, LOCK = (
+    "recipe.yaml", "env.json", "history.csv", "metrics.json", "logits.pt", "export.pkl", "checkpoint.pth", "DONE",
+    "hashes.json", ".lock")
+EXAMPLES = "examples"   # folder of test thumbnails (PNG) + examples.json, the demo's only example source
+PNGS = ("reliability.png", "curves.png")
 
-ARCHIVED = (RECIPE, ENV, HISTORY, METRICS, LOGITS, DONE)   # DONE last: a partial copy is never a finished run
+# DONE last: a partial copy is never a finished run
+ARCHIVED = (RECIPE, ENV, HISTORY, METRICS, LOGITS, *PNGS, DONE)
 
 
 class RunDirError(ValueError):
     "A run directory is missing or incomplete (one-line message naming the file)."
+
+
+class RunLockedError(RunDirError):
+    "Another live process is writing this run directory."
+
+
+# ---- files that name themselves when they are unreadable ---------------------------------------------------
+def read_json(path) -> dict:
+    "A JSON file's content; a missing or corrupt file is one `RunDirError` line naming it."
+    path = Path(path)
+    try: return json.loads(path.read_text())
+    except FileNotFoundError: raise RunDirError(f"{path} is missing") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise RunDirError(f"{path} is corrupt ({e}); restore it from a copy or retrain the run") from None
+
+
+def read_yaml(path):
+    import yaml
+    path = Path(path)
+    try: return yaml.safe_load(path.read_text())
+    except FileNotFoundError: raise RunDirError(f"{path} is missing") from None
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        msg = " ".join(str(e).split())
+        raise RunDirError(f"{path} is corrupt ({msg}); restore it from a copy or retrain the run") from None
+
+
+def disk_full_message(path, e: BaseException) -> str | None:
+    "'no space left' in one line when `e` (an OSError, or torch's RuntimeError from its zip writer) means a full disk."
+    full = isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT)
+    if not full and isinstance(e, RuntimeError) and ("enforce fail" in str(e) or "write" in str(e).lower()):
+        try:
+            import shutil
+            full = shutil.disk_usage(Path(path).parent).free < 64 * 2**20   # torch hides ENOSPC behind its message
+        except OSError: full = False
+    return f"no space left on device while writing {path}; free some space, then rerun with --resume" if full else None
+
+
+def save_atomic(write, path) -> None:
+    """`write(tmp_path)` then rename to `path`: a reader never sees half a file, a failed write leaves no temp file
+    behind, and a full disk is reported as such (torch says `[enforce fail at inline_container.cc]`)."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException as e:
+        tmp.unlink(missing_ok=True)
+        msg = disk_full_message(path, e)
+        if msg: raise OSError(errno.ENOSPC, msg) from None
+        raise
+
+
+# ---- integrity of the pickles ------------------------------------------------------------------------------
+def sha256(path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""): h.update(chunk)
+    return h.hexdigest()
+
+
+def _hashes(run_dir: Path) -> dict:
+    f = run_dir / HASHES
+    return read_json(f) if f.exists() else {}
+
+
+def _write_hashes(run_dir: Path, table: dict) -> None:
+    save_atomic(lambda t: Path(t).write_text(json.dumps(table, indent=2)), run_dir / HASHES)
+
+
+def record_hash(run_dir, name: str) -> str:
+    "Record the SHA-256 of `run_dir/name`, as it is now, in hashes.json (rewritten atomically); returns the digest."
+    run_dir = Path(run_dir)
+    table = _hashes(run_dir)
+    table[name] = [sha256(run_dir / name)]
+    _write_hashes(run_dir, table)
+    return table[name][0]
+
+
+def save_hashed(write, run_dir, name: str) -> None:
+    """Write `run_dir/name` atomically through `write(tmp_path)` and record its SHA-256.
+
+    Crash-safe: the new digest is recorded next to the old one before the rename and alone after it, so whichever
+    file a kill leaves in place still verifies (a resumable checkpoint is never refused for our own crash)."""
+    run_dir = Path(run_dir)
+    digest = {}
+    def write_and_hash(tmp):
+        write(tmp)
+        digest["new"] = sha256(tmp)
+        table = _hashes(run_dir)
+        old = table.get(name, [])
+        _write_hashes(run_dir, {**table, name: [digest["new"], *([old] if isinstance(old, str) else old)]})
+    save_atomic(write_and_hash, run_dir / name)
+    _write_hashes(run_dir, {**_hashes(run_dir), name: [digest["new"]]})
+
+
+def verify_hash(run_dir, name: str) -> Path:
+    """`run_dir/name` if its SHA-256 matches the one recorded when it was written; one `RunDirError` line otherwise.
+
+    Unpickling runs code: a pickle is only ever loaded after this check."""
+    run_dir = Path(run_dir)
+    f = run_dir / name
+    if not f.exists(): raise RunDirError(f"run dir {run_dir}: missing {name}")
+    want = _hashes(run_dir).get(name)
+    if not want:
+        raise RunDirError(f"{f} has no recorded SHA-256 in {HASHES}, so it is not loaded (unpickling runs code); "
+                          f"retrain the run, or record it with `cskd-fastai trust {run_dir}` if you made the file yourself")
+    if sha256(f) not in ([want] if isinstance(want, str) else want):
+        raise RunDirError(f"{f} does not match the SHA-256 recorded when it was written (changed, truncated or "
+                          f"replaced since), so it is not loaded; restore the original or retrain the run")
+    return f
+
+
+def write_examples(run_dir, items, labels, classes, n: int = 6, side: int = 256) -> list[dict]:
+    """Up to `n` test images covering as many classes as possible, as PNG thumbnails (longest side `side`) in
+    `run_dir/examples/` with examples.json (file, true class). The demo shows these and nothing else: it never
+    follows a data root written in a file. An unreadable image is skipped."""
+    from .images import safe_image
+    d = Path(run_dir) / EXAMPLES
+    d.mkdir(exist_ok=True)
+    seen: dict[int, int] = {}
+    keyed = []
+    for i, c in enumerate(labels):   # first item of each class, then the second...
+        keyed.append((seen.get(int(c), 0), int(c), i)); seen[int(c)] = seen.get(int(c), 0) + 1
+    out = []
+    for _, c, i in sorted(keyed):
+        if len(out) >= n: break
+        try: img = safe_image(items[i])
+        except ValueError: continue
+        img.thumbnail((side, side))
+        name = f"{len(out):02d}.png"
+        img.save(d / name)
+        out.append({"file": name, "class": str(classes[c])})
+    save_atomic(lambda t: Path(t).write_text(json.dumps(out, indent=2)), d / "examples.json")
+    return out
+
+
+def read_examples(run_dir) -> list[tuple[Path, str]]:
+    "`(png_path, true_class)` of a run's stored examples; only plain files inside `run_dir/examples/` are returned."
+    d = Path(run_dir) / EXAMPLES
+    f = d / "examples.json"
+    if not f.is_file(): return []
+    out = []
+    for e in read_json(f) if isinstance(read_json(f), list) else []:
+        name = e.get("file") if isinstance(e, dict) else None
+        p = d / str(name)
+        if not (isinstance(name, str) and safe_component(name) and p.is_file() and not p.is_symlink()): continue
+        out.append((p, str(e.get("class", ""))))
+    return out
+
+
+def load_checkpoint(run_dir) -> dict:
+    "The run's checkpoint (model, optimizer, RNG states), after its hash is verified."
+    import torch
+    f = verify_hash(run_dir, CHECKPOINT)
+    try: return torch.load(f, map_location="cpu", weights_only=False)
+    except Exception as e:
+        raise RunDirError(f"cannot read {f} ({type(e).__name__}: {' '.join(str(e).split())[:200]}); "
+                          f"delete the run directory and retrain") from None
+
+
+# ---- one writer per run directory --------------------------------------------------------------------------
+@contextmanager
+def run_lock(run_dir) -> Iterator[Path]:
+    """Hold an exclusive lock on `run_dir` (created if needed) for as long as the block runs.
+
+    The lock is an `flock` on `run_dir/.lock`, which holds the owner's pid for the error message. The kernel
+    releases it when its process exits, however it exits, so a lock left by a killed process is stale by
+    construction and is simply taken over."""
+    import fcntl
+    import socket
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    path = run_dir / LOCK
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            owner = os.read(fd, 200).decode(errors="replace").strip() or "another process"
+            os.close(fd)
+            raise RunLockedError(f"run dir {run_dir} is being written by {owner}; wait for it to finish, or "
+                                 f"train into another --out") from None
+        try: same = os.fstat(fd).st_ino == os.stat(path).st_ino
+        except FileNotFoundError: same = False
+        if same: break
+        os.close(fd)   # the previous owner removed the file between our open and our lock: lock the new one
+    try:
+        os.ftruncate(fd, 0)
+        os.write(fd, f"pid {os.getpid()} on {socket.gethostname()}".encode())
+        yield run_dir
+    finally:
+        try: path.unlink()
+        except FileNotFoundError: pass
+        os.close(fd)
 
 
 @dataclass
@@ -64,34 +273,50 @@ def _need(path: Path, name: str, what: str) -> Path:
 
 
 def load_run(path) -> Run:
-    "Read a finished run's recipe and metrics."
+    "Read a finished run's recipe and metrics; an unfinished run (no DONE) is refused with one line."
     path = Path(path)
     if not path.is_dir(): raise RunDirError(f"run dir {path} does not exist")
-    metrics = json.loads(_need(path, METRICS, "the final metrics").read_text())
-    recipe = yaml.safe_load(_need(path, RECIPE, "the resolved recipe").read_text())
+    metrics = read_json(_need(path, METRICS, "the final metrics"))
+    if not is_done(path):
+        raise RunDirError(f"run dir {path} is unfinished (no {DONE}); finish it with `cskd-fastai train RECIPE "
+                          f"--resume` first")
+    recipe = read_yaml(_need(path, RECIPE, "the resolved recipe"))
+    if not isinstance(metrics, dict) or not isinstance(recipe, dict):
+        raise RunDirError(f"run dir {path}: {METRICS} or {RECIPE} is not a mapping; retrain the run")
     return Run(path, recipe, metrics)
 
 
 def load_logits(path, split: str = "test") -> tuple[torch.Tensor, torch.Tensor, list]:
     "(logits, labels, classes) stored for `split` ('valid' or 'test')."
-    d = torch.load(_need(Path(path), LOGITS, "stored logits"), map_location="cpu", weights_only=True)
+    f = _need(Path(path), LOGITS, "stored logits")
+    try: d = torch.load(f, map_location="cpu", weights_only=True)   # tensors and lists only: no code runs
+    except Exception as e:
+        raise RunDirError(f"cannot read {f} ({type(e).__name__}: {' '.join(str(e).split())[:160]}); restore it "
+                          f"or retrain the run") from None
+    if not isinstance(d, dict): raise RunDirError(f"{f} is not a logits file of `cskd-fastai train`")
     if split not in d: raise RunDirError(f"run dir {path}: {LOGITS} has no {split!r} split (has {sorted(d)})")
     return d[split]["logits"].float(), d[split]["labels"].long(), list(d.get("classes", []))
 
 
 def load_run_learner(path, cpu: bool = True):
-    "`load_learner` on a run's export, with import problems reported instead of fastai's `UnboundLocalError`."
+    """`load_learner` on a run's export once its SHA-256 matches the recorded one, with import problems reported
+    instead of fastai's `UnboundLocalError`."""
+    import warnings
     from fastai.learner import load_learner
     import cskd_fastai.models, cskd_fastai.transforms  # noqa: F401  (classes the pickle may reference)
-    f = _need(Path(path), EXPORT, "the exported learner")
+    _need(Path(path), EXPORT, "the exported learner")
+    f = verify_hash(path, EXPORT)
     try:
-        return load_learner(f, cpu=cpu)
+        with warnings.catch_warnings():   # fastai's "insecure pickle" warning: the hash check above is the answer
+            warnings.filterwarnings("ignore", message=".*load_learner.*pickle", category=UserWarning)
+            return load_learner(f, cpu=cpu)
     except UnboundLocalError as e:  # fastai hides the real ImportError/AttributeError behind this
         cause = e.__context__ or e
         raise RunDirError(f"cannot load {f}: {type(cause).__name__}: {cause}; install the packages "
                           f"the run was trained with (see env.json)") from None
     except Exception as e:
-        raise RunDirError(f"cannot load {f}: {type(e).__name__}: {e}") from None
+        raise RunDirError(f"cannot load {f}: {type(e).__name__}: {' '.join(str(e).split())[:200]}; retrain the run "
+                          f"or install the packages it was trained with (see env.json)") from None
 
 
 def find_runs(paths: Iterable) -> list[Path]:
@@ -120,14 +345,19 @@ def archive_run(path, dest) -> Path:
     import shutil
     path, dest = Path(path), Path(dest)
     run = load_run(path)
-    if not is_done(path): raise RunDirError(f"run dir {path} is unfinished (no {DONE}); finish it with --resume first")
-    for name in ARCHIVED: _need(path, name, "archived with the run")
+    for name in (RECIPE, ENV, HISTORY, METRICS, LOGITS): _need(path, name, "archived with the run")
     f = run.facts
     if not all(k in f for k in ("recipe", "label", "seed")):
         raise RunDirError(f"run dir {path}: {METRICS} lacks the facts recipe/label/seed; retrain it with `cskd-fastai train`")
-    target = dest / f["recipe"] / f["label"] / f"seed{f['seed']}"
+    parts = [str(f["recipe"]), str(f["label"]), f"seed{f['seed']}"]
+    bad = [p for p in parts if safe_component(p) is None]
+    target = dest.joinpath(*parts)
+    if bad or not target.resolve().is_relative_to(dest.resolve()):
+        raise RunDirError(f"run dir {path}: {METRICS} names {bad[0] if bad else '/'.join(parts)!r}, which would be "
+                          f"archived outside {dest}; refusing (edit the facts or retrain the run)")
     if target.resolve() == path.resolve(): raise RunDirError(f"run dir {path} is already in {dest}")
     if target.exists(): raise RunDirError(f"{target} already exists; remove it or archive to another --to folder")
     target.mkdir(parents=True)
-    for name in ARCHIVED: shutil.copy2(path / name, target / name)
+    for name in ARCHIVED:
+        if (path / name).exists(): shutil.copy2(path / name, target / name)   # the PNGs are optional
     return target

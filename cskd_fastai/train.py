@@ -5,9 +5,12 @@ once, after the last epoch; metrics are those of the final epoch unless the reci
 """
 from __future__ import annotations
 
+import contextlib
 import json
+import math
 import os
 import platform
+import shutil
 import random
 import subprocess
 import sys
@@ -85,7 +88,9 @@ def build_dls(recipe: Recipe, data: ImageDataset, seed: int, paired: bool, devic
     n_tr = len(data.train.items)
     splits = [tr_idx, va_idx, list(range(n_tr, len(items)))]
     dsets = Datasets(tls=[TfmdLists(items, [load_image], splits=splits),
-                          TfmdLists(ys, [Categorize(vocab=list(data.classes))], splits=splits)])
+                          # sort=False: the vocabulary is the loader's class order (label i is data.classes[i]) end to
+                          # end; fastai's default sorts the names, which differs whenever names sort unlike ids
+                          TfmdLists(ys, [Categorize(vocab=list(data.classes), sort=False)], splits=splits)])
     dl_type = PairedDL if paired else None
     if device is None: device = "cuda" if torch.cuda.is_available() else "cpu"
     # train.gpu_augment: flips/crops per batch on the device (training only; valid/test items are unchanged)
@@ -118,13 +123,8 @@ def load_data(recipe: Recipe, data_root: Optional[str] = None) -> ImageDataset:
 
 # ---- learner ------------------------------------------------------------------------------------------
 def _arch(recipe: Recipe):
-    m = recipe.model
-    if m.head == "paper": return m.arch
-    if m.arch.startswith("timm:"): return m.arch[5:]
-    import torchvision.models as tvm
-    fn = getattr(tvm, m.arch, None)
-    if fn is None: raise ValueError(f"model.arch {m.arch!r} is not a torchvision model; use 'timm:NAME' or head: paper")
-    return fn
+    from .models import resolve_arch
+    return resolve_arch(recipe.model.arch, recipe.model.head)
 
 
 def build_learner(recipe: Recipe, dls, path: Path):
@@ -159,17 +159,66 @@ class PaperSchedule(Callback):
         self.opt.set_hyper("lr", self.lr * 0.1 ** k)
 
 
-class HistoryCSV(Callback):
-    "Append one row per finished epoch to history.csv (Recorder's columns); skipped (resumed) epochs add nothing."
+class TrainingDiverged(RuntimeError):
+    "The loss became non-finite or exploded: one line naming the epoch and the fix."
+
+
+class DivergenceGuard(Callback):
+    """Stop with `TrainingDiverged` when the training loss turns non-finite (checked on the device every `every`
+    batches and before validation, so the metrics never see NaN logits), when the epoch's smoothed training loss
+    exceeds `factor`·max(log C, 1) nats (lr 30 on the quickstart: 2.8e6 after one epoch; no run that learns gets
+    near 100·log C), or when the validation loss is not finite. A large but finite validation loss alone is no
+    sign: with BatchNorm and tiny batches it can spike to 1e3 for an epoch and recover. Ordered before HistoryCSV
+    and EpochCheckpoint, so a diverged epoch is neither logged nor checkpointed: the last good checkpoint stays."""
     order = Recorder.order + 1
+
+    def __init__(self, lr: float, every: int = 20, factor: float = 100.0): self.lr, self.every, self.factor = lr, every, factor
+    def before_fit(self): self.limit = self.factor * max(math.log(max(int(getattr(self.dls, "c", 2) or 2), 2)), 1.0)
+    def before_train(self): self.bad = None
+    def after_loss(self):
+        if not self.training: return
+        nonfinite = ~torch.isfinite(self.learn.loss.detach()).all()   # stays on the device: no sync per batch
+        self.bad = nonfinite if self.bad is None else self.bad | nonfinite
+        if self.iter % self.every == 0: self._check_train()
+    def before_validate(self): self._check_train()
+    def after_epoch(self):
+        if self.epoch < getattr(self.learn, "_start_epoch", 0): return   # skipped by --resume: nothing was logged
+        names, log = list(self.recorder.metric_names), self.recorder.log
+        tl = log[names.index("train_loss")] if "train_loss" in names else None
+        vl = log[names.index("valid_loss")] if "valid_loss" in names else None
+        if tl is not None and not (math.isfinite(tl) and tl <= self.limit):
+            self._stop(f"the training loss reached {tl:.3g} (over {self.limit:.0f} nats)")
+        if vl is not None and not math.isfinite(vl): self._stop("the validation loss is not finite")
+
+    def _check_train(self):
+        if self.bad is not None and bool(self.bad): self._stop("the training loss became NaN or infinite")
+    def _stop(self, what: str):
+        done = f"; the last good checkpoint (epoch {self.epoch}) is kept" if self.epoch else ""
+        raise TrainingDiverged(f"training diverged in epoch {self.epoch + 1}: {what}; lower train.lr (now {self.lr:g}) "
+                               f"and train again into a fresh --out{done}")
+
+
+class HistoryCSV(Callback):
+    """One row per finished epoch in history.csv (Recorder's columns). On resume the rows of epochs the checkpoint
+    does not cover are dropped first (a kill between the row and the checkpoint leaves one), so no epoch repeats."""
+    order = DivergenceGuard.order + 1
     def __init__(self, fname: Path, start_epoch: int = 0): self.fname, self.start_epoch = Path(fname), start_epoch
     def before_fit(self):
-        if self.start_epoch == 0 or not self.fname.exists():
-            self.fname.write_text(",".join(self.recorder.metric_names) + "\n")
+        header = ",".join(self.recorder.metric_names)
+        if self.start_epoch == 0 or not self.fname.exists(): rows = []
+        else:
+            rows = [l for l in self.fname.read_text().splitlines()[1:]
+                    if l.split(",", 1)[0].isdigit() and int(l.split(",", 1)[0]) < self.start_epoch]
+        R.save_atomic(lambda t: Path(t).write_text("\n".join([header, *rows]) + "\n"), self.fname)
     def after_epoch(self):
         if self.epoch < self.start_epoch: return
         row = [("" if v is None else (f"{v:.6g}" if isinstance(v, float) else str(v))) for v in self.recorder.log]
-        with open(self.fname, "a") as f: f.write(",".join(row) + "\n")
+        try:
+            with open(self.fname, "a") as f: f.write(",".join(row) + "\n")
+        except OSError as e:
+            msg = R.disk_full_message(self.fname, e)
+            if msg: raise OSError(e.errno, msg) from None
+            raise
 
 
 def _base_dl(dl):
@@ -190,10 +239,19 @@ def _set_rng_state(learn, st: dict) -> None:
 
 
 class EpochCheckpoint(Callback):
-    "After each epoch: model, optimizer, RNG states and best-on-valid bookkeeping, written atomically."
+    """After each epoch: model, optimizer, RNG states, best-on-valid bookkeeping, the smoothed training loss and
+    the wall time so far, written atomically with its SHA-256 recorded (`rundir.save_hashed`). On resume it puts
+    the smoothed loss back, so `train_loss` continues instead of restarting from the new epoch's first batches."""
     order = HistoryCSV.order + 1
-    def __init__(self, run_dir: Path, select: str, best: Optional[dict] = None):
+    def __init__(self, run_dir: Path, select: str, best: Optional[dict] = None, state: Optional[dict] = None):
         self.run_dir, self.select, self.best = Path(run_dir), select, best or {"epoch": -1, "value": float("inf")}
+        self.state = state or {}
+    def before_fit(self):
+        self.t0, self.wall0 = time.time(), float(self.state.get("wall", 0.0))
+        sm = self.state.get("smooth")
+        if sm: self.recorder.smooth_loss.count, self.recorder.smooth_loss.val = sm["count"], torch.tensor(sm["val"])
+    @property
+    def wall(self) -> float: return self.wall0 + time.time() - self.t0
     def after_epoch(self):
         if self.epoch < getattr(self.learn, "_start_epoch", 0): return
         if self.select == "best_valid":
@@ -201,10 +259,11 @@ class EpochCheckpoint(Callback):
             if v is not None and v < self.best["value"]:
                 self.best = {"epoch": self.epoch, "value": float(v)}
                 torch.save(D.unwrap(self.learn.model).state_dict(), self.run_dir / "best.pth")
+        sm = self.recorder.smooth_loss
         state = dict(model=D.unwrap(self.learn.model).state_dict(), opt=self.learn.opt.state_dict(), epoch=self.epoch,
-                     rng=_rng_state(self.learn), best=self.best)
-        tmp = self.run_dir / (R.CHECKPOINT + ".tmp")
-        torch.save(state, tmp); os.replace(tmp, self.run_dir / R.CHECKPOINT)
+                     rng=_rng_state(self.learn), best=self.best, wall=self.wall,
+                     smooth=dict(count=int(sm.count), val=float(sm.val)))
+        R.save_hashed(lambda t: torch.save(state, t), self.run_dir, R.CHECKPOINT)
 
 
 class _EpochLineLogger:
@@ -239,7 +298,10 @@ def run_dir_for(recipe: Recipe, out: Path) -> Path:
 
 def _final_eval(learn, data: ImageDataset) -> tuple[dict, dict]:
     from fastcore.basics import noop
-    out, logits = {}, {"classes": list(data.classes)}
+    vocab = [str(v) for v in learn.dls.vocab]
+    if vocab != [str(c) for c in data.classes]:   # build_dls keeps the loader's order; anything else is a bug
+        raise RuntimeError(f"the learner's vocabulary is not the dataset's class order ({vocab[:3]} vs {data.classes[:3]})")
+    out, logits = {}, {"classes": vocab}   # the order of the logits' columns and of the labels
     for name, idx in (("valid", 1), ("test", 2)):
         preds, targs = learn.get_preds(ds_idx=idx, act=noop)
         out[name] = classification_metrics(preds, targs)
@@ -265,16 +327,51 @@ def _plots(run_dir: Path, logits: dict, title: str) -> None:
     fig.savefig(run_dir / "curves.png", dpi=110, bbox_inches="tight")
 
 
+def _remove_run_dir(run_dir: Path) -> None:
+    "Remove a run directory this call created (and its then-empty parents): the fixed rerun is then not refused."
+    shutil.rmtree(run_dir, ignore_errors=True)
+    for parent in (run_dir.parent, run_dir.parent.parent):
+        try: parent.rmdir()
+        except OSError: break
+
+
 def train_run(recipe: Recipe, run_dir: Path, data: ImageDataset, resume: bool = False,
               log: Callable[[str], None] = _log, progress: Optional[bool] = None) -> dict:
     """Train one (method, seed) run into `run_dir`; returns its metrics.json content.
 
+    One writer per run directory: rank 0 creates it (refusing an existing one unless resuming) and holds its lock
+    (`rundir.run_lock`) until the run is finished, so a second process on the same --out is refused with one line.
+    A failure before the first checkpoint removes the directory it created; later failures keep the last good
+    checkpoint for `--resume`.
+
     Under a multi-process launch (torchrun / accelerate launch / `--distributed`) every rank trains in fastai's
     `distrib_ctx`; only rank 0 writes `run_dir` and evaluates the final model, the other ranks wait for it."""
     run_dir = Path(run_dir)
+    main = D.is_main()
+    created = False
+    if main:
+        created = not run_dir.exists()
+        if not resume:
+            run_dir.parent.mkdir(parents=True, exist_ok=True)
+            try: run_dir.mkdir()   # atomic: of two processes starting this run, exactly one gets here
+            except FileExistsError:
+                raise RunExistsError(f"run directory {run_dir} already exists; use --resume to continue/skip it, or "
+                                     f"--out DIR for a fresh place (nothing was overwritten)") from None
+    with R.run_lock(run_dir) if main else contextlib.nullcontext():
+        if main and resume and R.is_done(run_dir):   # finished by another process while we waited
+            log(f"skipping finished run {run_dir}")
+            return R.read_json(run_dir / R.METRICS)
+        try:
+            return _train_locked(recipe, run_dir, data, resume, log if main else _quiet, progress)
+        except BaseException:
+            if main and created and not (run_dir / R.CHECKPOINT).exists(): _remove_run_dir(run_dir)
+            raise
+
+
+def _train_locked(recipe: Recipe, run_dir: Path, data: ImageDataset, resume: bool, log: Callable,
+                  progress: Optional[bool]) -> dict:
     meth, tc = recipe.method, recipe.train
     main = D.is_main()
-    if not main: log = _quiet
     ckpt = run_dir / R.CHECKPOINT
     resuming = resume and ckpt.exists()
     if main:
@@ -297,16 +394,18 @@ def train_run(recipe: Recipe, run_dir: Path, data: ImageDataset, resume: bool = 
     if not progress:  # one plain line per epoch (logs, CI, pipes) instead of progress bars
         learn.remove_cb(ProgressCallback)
         learn.logger = _EpochLineLogger(learn, tc.epochs, log)
-    start_epoch, best = 0, None
+    start_epoch, best, state = 0, None, {}
     if resuming:
-        st = torch.load(ckpt, map_location="cpu", weights_only=False)
-        learn.model.load_state_dict(st["model"]); learn.create_opt(); learn.opt.load_state_dict(st["opt"])
-        start_epoch, best = st["epoch"] + 1, st["best"]
-        _set_rng_state(learn, st["rng"])  # rank 0's states (the checkpoint's); other ranks draw their own below
+        state = R.load_checkpoint(run_dir)   # its SHA-256 is checked first: it is a pickle
+        learn.model.load_state_dict(state["model"]); learn.create_opt(); learn.opt.load_state_dict(state["opt"])
+        start_epoch, best = state["epoch"] + 1, state["best"]
+        _set_rng_state(learn, state["rng"])  # rank 0's states (the checkpoint's); other ranks draw their own below
         if D.rank(): set_seed(recipe.seed + 7919 * D.rank() + start_epoch)
         log(f"resuming {run_dir} at epoch {start_epoch + 1}/{tc.epochs}")
     learn._start_epoch = start_epoch
-    cbs = [HistoryCSV(run_dir / R.HISTORY, start_epoch), EpochCheckpoint(run_dir, tc.select, best)] if main else []
+    guard = DivergenceGuard(tc.lr)
+    ckpt_cb = EpochCheckpoint(run_dir, tc.select, best, state)
+    cbs = [guard, HistoryCSV(run_dir / R.HISTORY, start_epoch), ckpt_cb] if main else [guard]
     log(f"training {recipe.name} / {meth.run_label} / seed {recipe.seed}: {n_train} train, "
         f"{len(dls.valid_ds)} valid, {len(dls.loaders[2].dataset)} test images, {len(data.classes)} classes"
         + (f"; {D.world_size()} processes x {tc.bs} anchors per step" if D.is_distributed() else ""))
@@ -319,10 +418,11 @@ def train_run(recipe: Recipe, run_dir: Path, data: ImageDataset, resume: bool = 
                 learn.fit(tc.epochs, tc.lr, cbs=cbs + [PaperSchedule(tc.lr, tc.milestones)], start_epoch=start_epoch)
             else:
                 learn.fit(tc.epochs, tc.lr, cbs=cbs, start_epoch=start_epoch)
-    wall = time.time() - t0
+    # the wall time of the whole run, across resumes (the checkpoint carries the time before this process)
+    wall = float(state.get("wall", 0.0)) + time.time() - t0
     if not main:   # rank 0 evaluates the final model on the whole valid/test sets and writes the run directory
         D.barrier()
-        return json.loads((run_dir / R.METRICS).read_text())
+        return R.read_json(run_dir / R.METRICS)
     world = D.world_size()
     with D.local_only(): result = _finish_run(recipe, run_dir, data, learn, dls, n_train, wall, resuming, world, log)
     D.barrier()
@@ -331,12 +431,13 @@ def train_run(recipe: Recipe, run_dir: Path, data: ImageDataset, resume: bool = 
 
 def _finish_run(recipe: Recipe, run_dir: Path, data: ImageDataset, learn, dls, n_train: int, wall: float,
                 resuming: bool, world_size: int, log: Callable) -> dict:
-    "Final evaluation, logits, export, plots, metrics.json and DONE of a trained run (rank 0 only)."
-    meth, tc, ckpt = recipe.method, recipe.train, run_dir / R.CHECKPOINT
+    """Final evaluation, logits, export (hash recorded), examples, plots, metrics.json and DONE of a trained run
+    (rank 0 only). A failure here (a full disk, say) keeps the checkpoint: `--resume` redoes only this part."""
+    meth, tc = recipe.method, recipe.train
     selected = tc.epochs - 1
     if tc.select == "best_valid" and (run_dir / "best.pth").exists():
         learn.model.load_state_dict(torch.load(run_dir / "best.pth", map_location="cpu"))
-        selected = torch.load(ckpt, map_location="cpu", weights_only=False)["best"]["epoch"]
+        selected = R.load_checkpoint(run_dir)["best"]["epoch"]
     metrics, logits = _final_eval(learn, data)
     facts = dict(label=meth.run_label, recipe=recipe.name, dataset=recipe.dataset.name, model=recipe.model.arch,
                  method=meth.name, lam=meth.lam if meth.name == "cskd" else None,
@@ -346,10 +447,14 @@ def _finish_run(recipe: Recipe, run_dir: Path, data: ImageDataset, learn, dls, n
                  n_train=n_train, n_valid=len(dls.valid_ds), n_test=len(dls.loaders[2].dataset),
                  wall_time_s=round(wall, 1), resumed=resuming, world_size=world_size)
     result = dict(valid=metrics["valid"], test=metrics["test"], facts=facts)
-    torch.save(logits, run_dir / R.LOGITS)
-    learn.export(R.EXPORT)
-    _plots(run_dir, logits, meth.run_label)
-    (run_dir / R.METRICS).write_text(json.dumps(result, indent=2))
+    R.save_atomic(lambda t: torch.save(logits, t), run_dir / R.LOGITS)
+    R.save_hashed(lambda t: learn.export(Path(t).resolve()), run_dir, R.EXPORT)
+    R.write_examples(run_dir, data.test.items, data.test.labels, data.classes)
+    try: _plots(run_dir, logits, meth.run_label)
+    except OSError as e:
+        msg = R.disk_full_message(run_dir / "reliability.png", e)
+        raise OSError(e.errno, msg) if msg else e
+    R.save_atomic(lambda t: Path(t).write_text(json.dumps(result, indent=2)), run_dir / R.METRICS)
     (run_dir / R.DONE).write_text(time.strftime("%Y-%m-%d %H:%M:%S\n"))
     t = result["test"]
     log(f"done {run_dir}: test top1_err={t['top1_err']:.4f} top5_err={t['top5_err']:.4f} "
@@ -375,10 +480,16 @@ def plan_runs(recipe: Recipe, out: Path, resume: bool = False, only: Optional[li
 def train_recipe(recipe: Recipe, out: Path, data_root: Optional[str] = None, resume: bool = False,
                  only: Optional[list[str]] = None, log: Callable[[str], None] = _log,
                  progress: Optional[bool] = None) -> list[Path]:
-    "Train every (method, seed) run of `recipe` under `out`; refuses to touch an existing run unless resuming."
+    """Train every (method, seed) run of `recipe` under `out`; refuses to touch an existing run unless resuming.
+    The data root actually used (`data_root`, else the recipe's) is written, absolute, into each run's recipe.yaml,
+    so `eval`, `analyze` and `check` of that run find the data without being told again."""
     if D.init_distributed() and not D.is_main(): log = _quiet
+    root = data_root if data_root is not None else recipe.dataset.root
+    if root is not None:
+        recipe = recipe.model_copy(update=dict(dataset=recipe.dataset.model_copy(
+            update=dict(root=str(Path(root).expanduser().resolve())))))
     runs, dirs = plan_runs(recipe, out, resume=resume, only=only)
-    data = load_data(recipe, data_root)
+    data = load_data(recipe)
     D.barrier()   # every rank has checked the run directories before rank 0 creates any
     for r, d in zip(runs, dirs):
         if resume and R.is_done(d):

@@ -7,6 +7,8 @@ from fastai.vision.core import PILImage
 from fastai.vision.augment import RandTransform
 from PIL import Image, UnidentifiedImageError
 
+from .images import to_rgb
+
 __all__ = ["load_image", "PadRandomCrop", "ImageReadError"]
 
 
@@ -22,9 +24,11 @@ def load_image(item: object) -> PILImage:  # `object`: fastai then accepts paths
         arr = item if item.ndim == 3 else np.repeat(item[..., None], 3, -1)
         return PILImage(Image.fromarray(arr).convert("RGB"))
     try:
-        with Image.open(item) as im: img = im.convert("RGB")   # convert() decodes now, inside the try
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-        raise ImageReadError(f"cannot read image {item}: {type(e).__name__}: {e}; remove or replace the file") from None
+        # to_rgb: grey, CMYK and palette as Pillow converts them, 16-bit scaled (a plain convert clips it to white)
+        with Image.open(item) as im: im.load(); img = to_rgb(im)   # decodes now, inside the try
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as e:
+        raise ImageReadError(f"cannot read image {item}: {type(e).__name__}: {' '.join(str(e).split())}; remove or "
+                             f"replace the file (`cskd-fastai check RECIPE --verify-images` lists every such file)") from None
     return PILImage(img)
 
 

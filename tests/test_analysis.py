@@ -170,6 +170,7 @@ def _train_run(run_dir: Path, data: Path, method: str) -> Path:
     from cskd_fastai import cskd_learner, plain_learner
     from cskd_fastai.datasets import load_dataset
     from cskd_fastai.metrics import classification_metrics
+    from cskd_fastai.rundir import record_hash
     torch.manual_seed(0)
     db = DataBlock(blocks=(ImageBlock, CategoryBlock), get_items=get_image_files, get_y=parent_label,
                    splitter=GrandparentSplitter(valid_name="test"), item_tfms=Resize(16))
@@ -190,6 +191,7 @@ def _train_run(run_dir: Path, data: Path, method: str) -> Path:
     (run_dir / "recipe.yaml").write_text(yaml.safe_dump(
         {"dataset": {"name": "imagefolder", "root": str(data), "image_size": 16}, "method": method}))
     learn.export(run_dir.resolve() / "export.pkl")
+    record_hash(run_dir, "export.pkl")   # as `train` does: the export is loaded only once its hash matches
     (run_dir / "DONE").write_text("")
     return run_dir
 

@@ -4,16 +4,20 @@ The runs (a CE and a CS-KD run of one recipe) are trained once per module by `ma
 from __future__ import annotations
 
 import importlib.util
+import json
+import pickle
 import shutil
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 import torch
 from PIL import Image
 
 from cskd_fastai.app import (MAX_SIDE, ModelEntry, calibration_figure, calibration_numbers, example_images,
+                             facts_markdown,
                              load_models, predict, predict_logits, safe_image)
 from cskd_fastai.calibration import apply_temperature
 from cskd_fastai.metrics.functional import nll
@@ -54,17 +58,20 @@ def test_load_models_reads_facts_classes_and_fits_T(entries):
     assert cskd.facts["method"] == "cskd" and cskd.facts["lam"] == 1.0 and cskd.facts["temp"] == 4.0
     assert ce.facts["lam"] is None and ce.facts["dataset"] == "imagefolder" and ce.facts["epochs"] == 1
     assert 0 <= cskd.facts["test_top1_err"] <= 1
-    for e in entries:
-        assert 1e-3 < e.temperature < 1e3 and e.temperature != 1.0 and not e.degenerate_fit
-        assert e.temperature == e.fitted_temperature
+    for e in entries:   # the default T is the fit where the validation data supports it, else 1
+        assert e.temperature == (e.fitted_temperature if e.fit.trusted else 1.0)
+        assert e.degenerate_fit == (not e.fit.trusted) and e.fit.n == len(e.valid[1])
+    # the tiny runs: CE's fit is trusted (17 of 45 wrong), CS-KD's is refused by the cross-validation
+    assert ce.fit.trusted and ce.temperature != 1.0 and not cskd.fit.trusted and cskd.temperature == 1.0
+    assert "cross-validation" in cskd.fit.reason and "not trusted" in facts_markdown(cskd)
 
 
 def test_fitted_temperature_lowers_validation_nll(entries):
     for e in entries:
         z, y = e.valid
-        best = float(nll(z / e.temperature, y))
+        best = float(nll(z / e.fitted_temperature, y))
         assert best < float(nll(z, y))  # T = 1 is where the fit starts; it must improve on it
-        for other in (e.temperature * 1.2, e.temperature / 1.2):  # and be a minimum, not just any better T
+        for other in (e.fitted_temperature * 1.2, e.fitted_temperature / 1.2):  # and be a minimum, not just any better T
             assert best <= float(nll(z / other, y)) + 1e-9
 
 
@@ -91,6 +98,31 @@ def test_load_models_bad_run_dirs_are_one_line(runs, tmp_path):
         assert "\n" not in str(ei.value)
     with pytest.raises(RunDirError, match="no run directory"):
         load_models([])
+
+
+def test_unfinished_and_tampered_runs_are_refused_before_unpickling(runs, tmp_path):
+    unfinished = tmp_path / "unfinished"; shutil.copytree(runs[0], unfinished); (unfinished / "DONE").unlink()
+    with pytest.raises(RunDirError, match="unfinished"): load_models([unfinished])
+    # an export.pkl replaced by a pickle that runs code: refused on its hash, and the code never runs
+    evil = tmp_path / "evil"; shutil.copytree(runs[0], evil)
+    marker = tmp_path / "pwned"
+    (evil / "export.pkl").write_bytes(pickle.dumps(_Boom(str(marker))))
+    with pytest.raises(RunDirError, match="does not match the SHA-256") as ei: load_models([evil])
+    assert not marker.exists() and "\n" not in str(ei.value)
+    truncated = tmp_path / "truncated"; shutil.copytree(runs[0], truncated)
+    data = (truncated / "export.pkl").read_bytes(); (truncated / "export.pkl").write_bytes(data[: len(data) // 2])
+    with pytest.raises(RunDirError, match=f"{truncated / 'export.pkl'} does not match"): load_models([truncated])
+    unrecorded = tmp_path / "unrecorded"; shutil.copytree(runs[0], unrecorded); (unrecorded / "hashes.json").unlink()
+    with pytest.raises(RunDirError, match="no recorded SHA-256"): load_models([unrecorded])
+    corrupt = tmp_path / "corrupt"; shutil.copytree(runs[0], corrupt)
+    (corrupt / "metrics.json").write_text('{"valid": {"top1_err": 0.1,, }')
+    with pytest.raises(RunDirError, match=f"{corrupt / 'metrics.json'} is corrupt"): load_models([corrupt])
+
+
+class _Boom:
+    "Unpickling this touches a file: the proof that a pickle was loaded."
+    def __init__(self, path): self.path = path
+    def __reduce__(self): return (Path.touch, (Path(self.path),))
 
 
 def test_duplicate_labels_get_told_apart(runs):
@@ -224,12 +256,22 @@ def test_calibration_figure_has_three_panels(entries):
     assert titles == ["Before: T = 1", "After: T = 1.7", "Confidence at T = 1.7"]
 
 
-def test_example_images_from_the_runs_test_set(entries, tmp_path):
-    ex = example_images(entries, n=4, out_dir=tmp_path / "ex")
+def test_example_images_come_from_the_run_dirs_only(entries, runs, tmp_path):
+    ex = example_images(entries, n=4)
     assert len(ex) == 4 and {c for _, c in ex} == set(TINY_CLASSES)  # spread over the classes first
     assert all(p.suffix == ".png" and Image.open(p).mode == "RGB" for p, _ in ex)
-    gone = ModelEntry(None, "x", None, [], recipe={"dataset": {"name": "imagefolder", "root": str(tmp_path / "nope")}})
-    assert example_images([gone], n=4, out_dir=tmp_path / "ex2") == []  # unreachable data: no examples, no error
+    assert all(p.parent == runs[0] / "examples" for p, _ in ex)  # both runs store the same images: no duplicates
+    # a run without stored examples shows none, although its recipe names a reachable data root
+    bare = tmp_path / "bare"; shutil.copytree(runs[0], bare); shutil.rmtree(bare / "examples")
+    data_root = yaml.safe_load((runs[0] / "recipe.yaml").read_text())["dataset"]["root"]
+    assert Path(data_root).is_dir()
+    e = ModelEntry(bare, "x", None, [], recipe={"dataset": {"name": "imagefolder", "root": data_root}})
+    assert example_images([e], n=4) == []
+    # examples.json naming a file outside the folder is ignored
+    (bare / "examples").mkdir()
+    (bare / "examples" / "examples.json").write_text(json.dumps([{"file": "../recipe.yaml", "class": "cat"},
+                                                                  {"file": "/etc/passwd", "class": "dog"}]))
+    assert example_images([e], n=4) == []
 
 
 # ---- the command line and a real server ---------------------------------------------------------------------
@@ -273,3 +315,44 @@ def test_server_predicts_through_gradio_client(runs, test_images, bad_inputs):
             assert words in status and not ce
         status, ce, *_ = client.predict(handle_file(str(test_images[0])), 2, 1.0, 1.0, api_name="/predict")
         assert status.startswith("Predicted") and len(ce["confidences"]) == 2
+        # a path on the server that no client uploaded: the same refusal whether the file exists (an image,
+        # or not) or not, and no prediction
+        replies = [_raw_predict(url, p) for p in (str(test_images[2]), str(runs[0] / "recipe.yaml"),
+                                                  "/nonexistent/file.png")]
+        paths = (str(test_images[2]), str(runs[0] / "recipe.yaml"), "/nonexistent/file.png")
+        texts = [json.dumps(r).replace(p, "PATH") for r, p in zip(replies, paths)]
+        assert len(set(texts)) == 1, texts   # nothing tells an existing file from a missing one
+        # gradio >= 6 refuses such paths itself; older ones reach our own guard (tested below without a server)
+        assert "not uploaded" in texts[0] or "Cannot use this input" in texts[0]
+        assert "confidences" not in texts[0]
+
+
+def test_image_input_reads_only_uploaded_or_example_files(runs, test_images, tmp_path, monkeypatch):
+    "The app's own guard on the image input's payload (gradio versions that move any server path into the cache)."
+    import gradio as gr
+    from gradio.data_classes import FileData
+    from cskd_fastai.app import REFUSED, _guard_input
+    uploads = tmp_path / "uploads"; (uploads / "abc").mkdir(parents=True)
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(uploads))
+    shutil.copy(test_images[0], uploads / "abc" / "up.png")
+    (uploads / "abc" / "link.png").symlink_to(test_images[1])   # a link inside the cache pointing out of it
+    image = gr.Image(type="filepath")
+    _guard_input(image, [runs[0] / "examples"])
+    ok = image.preprocess(FileData(path=str(uploads / "abc" / "up.png")))
+    assert ok != REFUSED and Path(ok).is_file()
+    assert image.preprocess(FileData(path=str(runs[0] / "examples" / "00.png"))) != REFUSED
+    for p in (test_images[2], runs[0] / "recipe.yaml", "/nonexistent/file.png", uploads / "abc" / "link.png",
+              uploads / ".." / "uploads" / ".." / "evil.png"):
+        assert image.preprocess(FileData(path=str(p))) == REFUSED, p
+
+
+def _raw_predict(url: str, path: str) -> list:
+    "POST /gradio_api/call/predict with a FileData naming a server path (what a hostile API client sends)."
+    import urllib.request
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    body = json.dumps({"data": [{"path": path, "meta": {"_type": "gradio.FileData"}}, 3, 1.0, 1.0]}).encode()
+    req = urllib.request.Request(f"{url}gradio_api/call/predict", body, {"Content-Type": "application/json"})
+    with opener.open(req, timeout=30) as r: event = json.loads(r.read())["event_id"]
+    with opener.open(f"{url}gradio_api/call/predict/{event}", timeout=60) as r: text = r.read().decode()
+    data = [l[len("data:"):].strip() for l in text.splitlines() if l.startswith("data:")]
+    return json.loads(data[-1])

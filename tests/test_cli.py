@@ -56,7 +56,7 @@ RUN_FILES = ("recipe.yaml", "env.json", "history.csv", "metrics.json", "logits.p
 
 def test_train_writes_complete_run_dirs(trained):
     runs, out = trained
-    assert "epoch 1/2" in out and "| imagefolder | small_cnn | ce |" in out and "cskd-lam1-T4" in out
+    assert "epoch 1/2" in out and "| tiny | imagefolder | small_cnn | ce |" in out and "cskd-lam1-T4" in out
     for label in ("ce", "cskd-lam1-T4"):
         d = runs / "tiny" / label / "seed0"
         for f in RUN_FILES: assert (d / f).exists(), f"{d} lacks {f}"
@@ -84,9 +84,9 @@ def test_compare_groups_and_writes_csv(trained, tmp_path):
     runs, _ = trained
     code, out = cli("compare", runs, "--csv", tmp_path / "t.csv")
     assert code == 0, out
-    rows = [l for l in out.splitlines() if l.startswith("| imagefolder")]
+    rows = [l for l in out.splitlines() if l.startswith("| tiny | imagefolder")]
     assert len(rows) == 2
-    assert (tmp_path / "t.csv").read_text().startswith("dataset,model,method,epochs,seeds,top1_err,top1_err_std")
+    assert (tmp_path / "t.csv").read_text().startswith("recipe,dataset,model,method,epochs,seeds,top1_err,top1_err_std")
 
 
 def test_export_of_a_cli_run_loads_in_fresh_process(trained):

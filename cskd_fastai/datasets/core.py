@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable
 
-__all__ = ["ImageSplit", "ImageDataset", "DatasetLayoutError", "DATASETS", "load_dataset", "register",
+__all__ = ["ImageSplit", "ImageDataset", "DatasetLayoutError", "DATASETS", "load_dataset", "register", "check_dataset",
            "IMAGE_EXTENSIONS"]
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp"})
@@ -70,7 +70,29 @@ def load_dataset(name: str, root: str | Path | None = None, **kwargs) -> ImageDa
     key = _canonical(name)
     if key not in DATASETS:
         raise ValueError(f"unknown dataset {name!r}; known: {', '.join(sorted(DATASETS))}")
-    return DATASETS[key](root, **kwargs)
+    return check_dataset(DATASETS[key](root, **kwargs))
+
+
+def check_dataset(ds: ImageDataset) -> ImageDataset:
+    """What every loader's result must satisfy before training: distinct class names (they are the vocabulary),
+    labels in range, and no class that has test images but no training image (no model can learn it, and its
+    test images would count as errors without a word)."""
+    if len(set(ds.classes)) != len(ds.classes):
+        dup = next(c for c in ds.classes if ds.classes.count(c) > 1)
+        raise DatasetLayoutError(f"{ds.name}: class name {dup!r} is used by two classes; class names must be distinct")
+    k = len(ds.classes)
+    for split_name, split in (("train", ds.train), ("test", ds.test)):
+        bad = [l for l in split.labels if not 0 <= l < k]
+        if bad: raise DatasetLayoutError(f"{ds.name}: {split_name} label {bad[0]} is outside 0..{k - 1}")
+    has_train = set(ds.train.labels)
+    test_only = sorted(set(ds.test.labels) - has_train)
+    if test_only:
+        c = test_only[0]
+        n = sum(1 for l in ds.test.labels if l == c)
+        more = f" (and {len(test_only) - 1} more such classes)" if len(test_only) > 1 else ""
+        raise DatasetLayoutError(f"{ds.name}: class {ds.classes[c]!r} has {n} test image(s) but no training image"
+                                 f"{more}, so no model can learn it; add training images of it or remove its test images")
+    return ds
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -15,7 +15,7 @@ from .cifar_resnet import CIFARPreActResNet, PreActBlock, cifar_resnet18
 from .imagenet import densenet121, resnet18
 from .small_cnn import SmallCNN, small_cnn
 
-__all__ = ["PAPER_MODELS", "create_paper_model", "classifier_of",
+__all__ = ["PAPER_MODELS", "create_paper_model", "classifier_of", "resolve_arch",
            "cifar_resnet18", "cifar_densenet121", "resnet18", "densenet121",
            "CIFARPreActResNet", "CIFARDenseNet", "PreActBlock", "small_cnn", "SmallCNN"]
 
@@ -40,6 +40,32 @@ def create_paper_model(name: str, num_classes: int, in_channels: int = 3) -> nn.
     except KeyError:
         raise ValueError(f"unknown model {name!r}; valid names: {', '.join(sorted(PAPER_MODELS))}") from None
     return factory(num_classes=num_classes, in_channels=in_channels)
+
+
+def resolve_arch(arch: str, head: str = "paper"):
+    """What a recipe's `model.arch` names, checked without building anything: a paper-model name (head 'paper'),
+    a torchvision model function, or a timm model name (arch 'timm:NAME', head 'fastai'). One-line `ValueError`
+    naming the fix for a name that does not exist or a package that is not installed."""
+    if head == "paper":
+        if arch not in PAPER_MODELS:
+            raise ValueError(f"unknown model {arch!r} for head: paper; valid names: {', '.join(sorted(PAPER_MODELS))} "
+                             f"(torchvision or 'timm:NAME' models need head: fastai)")
+        return arch
+    if arch.startswith("timm:"):
+        import importlib.util
+        name = arch[5:]
+        if importlib.util.find_spec("timm") is None:
+            raise ValueError(f"model {arch!r} needs timm, which is not installed: pip install 'cskd-fastai[timm]'")
+        import timm
+        if not timm.is_model(name):
+            raise ValueError(f"timm has no model {name!r}; list them with timm.list_models('{name[:4]}*')")
+        return name
+    import torchvision.models as tvm
+    fn = getattr(tvm, arch, None)
+    if not callable(fn) or arch.startswith("_") or arch not in tvm.list_models():
+        raise ValueError(f"model {arch!r} is not a torchvision model (e.g. resnet18, resnet50, densenet121); "
+                         f"use 'timm:NAME' for timm models or head: paper for {', '.join(sorted(PAPER_MODELS))}")
+    return fn
 
 
 def classifier_of(model: nn.Module) -> nn.Linear:

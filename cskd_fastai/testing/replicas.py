@@ -6,6 +6,15 @@ Every `make_<name>(root, n_per_class=3, n_classes=5, ...)` writes real files (py
 (`class_colour(label)`, `label` being the index `load_dataset` reports), so a model can learn them and a test
 can check that labels follow the pixels. `replica_classes(name, n_classes)` gives the class names the loader
 should report. Everything is deterministic given `seed`.
+
+The replicas carry the quirks of the real releases that broke code tested on tidy replicas:
+- display names that sort unlike the class ids (Tiny-ImageNet's words.txt names vs wnids, CUB's and Stanford
+  Dogs' names vs their numeric/wnid order, ImageNet's synset names);
+- odd file names (spaces, parentheses, '#', several dots) on the first image of each class;
+- per-class counts: `n_per_class` / `n_test_per_class` may be a list (one count per class), so a replica can have
+  a singleton class (count 1) or a class only in test (train count 0);
+- `add_image_quirks(root, name)` re-saves a few images as 8-bit grey, CMYK JPEG and 16-bit grey PNG, as in the
+  real files, and `break_images(root, name)` leaves a truncated and a zero-byte image behind.
 """
 from __future__ import annotations
 
@@ -18,7 +27,7 @@ from typing import Callable, Sequence
 import numpy as np
 from PIL import Image
 
-__all__ = ["make_cifar100", "make_cifar10", "make_tinyimagenet", "make_cub", "make_dogs", "make_mit67",
+__all__ = ["add_image_quirks", "break_images", "make_cifar100", "make_cifar10", "make_tinyimagenet", "make_cub", "make_dogs", "make_mit67",
            "make_imagenet", "make_imagefolder", "make_fashion_mnist", "REPLICAS", "replica_classes",
            "class_colour", "class_grey", "CIFAR100_NAMES", "CIFAR10_NAMES"]
 
@@ -92,12 +101,43 @@ def _wnid(i: int, base: int = 1440764) -> str:
     return f"n{base + 1000 * i:08d}"
 
 
+# the first classes of the real releases, in id order: their names do not sort like their ids
+_CUB_NAMES = ["Black_footed_Albatross", "Laysan_Albatross", "Sooty_Albatross", "Groove_billed_Ani", "Crested_Auklet",
+              "Least_Auklet", "Parakeet_Auklet", "Rhinoceros_Auklet", "Brewer_Blackbird", "Red_winged_Blackbird"]
+_TINY_NAMES = ["goldfish", "European fire salamander", "bullfrog", "tailed frog", "American alligator",
+               "boa constrictor", "trilobite", "scorpion", "black widow", "tarantula"]
+_IMAGENET_NAMES = ["tench", "goldfish", "great white shark", "tiger shark", "hammerhead", "electric ray", "stingray",
+                   "cock", "hen", "ostrich"]
+
+
+def _named(names: Sequence[str], i: int, fallback: str) -> str:
+    # past the real list: descending letters keep the names sorting unlike the ids
+    return names[i] if i < len(names) else f"{chr(ord('z') - i % 26)}_{fallback}_{i:03d}"
+
+
 def _tiny_name(i: int) -> str:
-    return f"thing{i:03d}"
+    return _named(_TINY_NAMES, i, "thing")
+
+
+def _cub_species(i: int) -> str:
+    return _named(_CUB_NAMES, i, "Bird")
 
 
 def _cub_folder(cid: int, i: int) -> str:
-    return f"{cid:03d}.Bird_species_{i:03d}"
+    return f"{cid:03d}.{_cub_species(i)}"
+
+
+def _odd(j: int, stem: str) -> str:
+    "The first file of each class gets a name with spaces, parentheses, '#' and extra dots, as downloads do."
+    return f"{stem} (copy #1).v2" if j == 0 else stem
+
+
+def _counts(n, n_classes: int, what: str = "n_per_class") -> list[int]:
+    "One count per class: an int for every class, or a list of per-class counts (0 and 1 allowed)."
+    counts = [int(n)] * n_classes if np.isscalar(n) else [int(c) for c in n]
+    if len(counts) != n_classes or min(counts, default=0) < 0:
+        raise ValueError(f"{what} must be an int or {n_classes} counts >= 0, got {n!r}")
+    return counts
 
 
 def _dog_folder(i: int) -> str:
@@ -116,10 +156,10 @@ def replica_classes(name: str, n_classes: int = 5, names: bool = False) -> list[
         "cifar100": lambda: CIFAR100_NAMES[:n_classes],
         "cifar10": lambda: CIFAR10_NAMES[:n_classes],
         "tinyimagenet": lambda: [_tiny_name(i) for i in r],
-        "cub": lambda: [f"Bird_species_{i:03d}" for i in r],
+        "cub": lambda: [_cub_species(i) for i in r],
         "dogs": lambda: [_dog_folder(i).split("-", 1)[1] for i in r],
         "mit67": lambda: [_mit_class(i) for i in r],
-        "imagenet": lambda: [f"object{i:03d}" if names else _wnid(i) for i in r],
+        "imagenet": lambda: [_named(_IMAGENET_NAMES, i, "object") if names else _wnid(i) for i in r],
         "imagefolder": lambda: [f"class_{i:02d}" for i in r],
         "fashion_mnist": lambda: list(_FASHION_NAMES),  # a fixed dataset: always its 10 names
     }
@@ -136,9 +176,9 @@ def _cifar_rows(rng, labels: Sequence[int]) -> np.ndarray:
     return np.ascontiguousarray(imgs.transpose(0, 3, 1, 2).reshape(len(labels), 3072))
 
 
-def _labels(n_classes: int, n: int, rng) -> list[int]:
-    "n items of every class, shuffled (the official files are not sorted by class)."
-    labels = np.repeat(np.arange(n_classes), n)
+def _labels(n_classes: int, n, rng) -> list[int]:
+    "n items of every class (or n[c] of class c), shuffled (the official files are not sorted by class)."
+    labels = np.repeat(np.arange(n_classes), _counts(n, n_classes))
     rng.shuffle(labels)
     return labels.tolist()
 
@@ -228,9 +268,11 @@ def make_tinyimagenet(root, n_per_class: int = 3, n_classes: int = 5, n_test_per
                                                              for i, w in enumerate(wnids)])
     for i, w in enumerate(wnids):
         boxes = []
-        for j in range(n_per_class):
-            _write_image(base / "train" / w / "images" / f"{w}_{j}.JPEG", _pixels(rng, i, size))
-            boxes.append(f"{w}_{j}.JPEG\t0\t0\t{size - 1}\t{size - 1}")
+        (base / "train" / w / "images").mkdir(parents=True, exist_ok=True)
+        for j in range(_counts(n_per_class, n_classes)[i]):
+            f = f"{_odd(j, f'{w}_{j}')}.JPEG"
+            _write_image(base / "train" / w / "images" / f, _pixels(rng, i, size))
+            boxes.append(f"{f}\t0\t0\t{size - 1}\t{size - 1}")
         _write_text(base / "train" / w / f"{w}_boxes.txt", boxes)
     ann = []
     for k, i in enumerate(_labels(n_classes, n_test_per_class, rng)):
@@ -255,11 +297,11 @@ def make_cub(root, n_per_class: int = 3, n_classes: int = 5, n_test_per_class: i
     for i, cid in enumerate(class_ids):
         folder = _cub_folder(cid, i)
         classes.append(f"{cid} {folder}")
-        flags = np.array([1] * n_per_class + [0] * n_test_per_class)
+        flags = np.array([1] * _counts(n_per_class, n_classes)[i] + [0] * _counts(n_test_per_class, n_classes)[i])
         rng.shuffle(flags)  # train and test images interleave within a class, as in the official split
         for j, flag in enumerate(flags):
             img_id += 1
-            rel = f"{folder}/{folder.split('.', 1)[1]}_{j:04d}_{img_id}.jpg"
+            rel = f"{folder}/{_odd(j, folder.split('.', 1)[1] + f'_{j:04d}_{img_id}')}.jpg"
             _write_image(base / "images" / rel, _pixels(rng, i, size))
             images.append(f"{img_id} {rel}"); labels.append(f"{img_id} {cid}"); split.append(f"{img_id} {flag}")
     _write_text(base / "images.txt", images)
@@ -288,10 +330,11 @@ def make_dogs(root, n_per_class: int = 3, n_classes: int = 5, n_test_per_class: 
     lists = {"train": [], "test": []}
     for i in range(n_classes):
         folder = _dog_folder(i); wnid = folder.split("-", 1)[0]
-        for j in range(n_per_class + n_test_per_class):
-            rel = f"{folder}/{wnid}_{1000 + j}.jpg"
+        n_tr = _counts(n_per_class, n_classes)[i]
+        for j in range(n_tr + _counts(n_test_per_class, n_classes)[i]):
+            rel = f"{folder}/{_odd(j, f'{wnid}_{1000 + j}')}.jpg"
             _write_image(root / "Images" / rel, _pixels(rng, i, size))
-            lists["train" if j < n_per_class else "test"].append((rel, i + 1))
+            lists["train" if j < n_tr else "test"].append((rel, i + 1))
     (root / "lists").mkdir(parents=True, exist_ok=True)
     every = lists["train"] + lists["test"]
     for name, entries in (("train_list", lists["train"]), ("test_list", lists["test"]), ("file_list", every)):
@@ -311,12 +354,13 @@ def make_mit67(root, n_per_class: int = 3, n_classes: int = 5, n_test_per_class:
     train, test = [], []
     for i in range(n_classes):
         c = _mit_class(i)
-        for j in range(n_per_class + n_test_per_class + 1):
-            rel = f"{c}/{c}_{j:04d}.jpg"
+        n_tr, n_te = _counts(n_per_class, n_classes)[i], _counts(n_test_per_class, n_classes)[i]
+        for j in range(n_tr + n_te + 1):
+            rel = f"{c}/{_odd(j, f'{c}_{j:04d}')}.jpg"
             _write_image(root / "Images" / rel, _pixels(rng, i, size))
-            if j < n_per_class:
+            if j < n_tr:
                 train.append(rel)
-            elif j < n_per_class + n_test_per_class:
+            elif j < n_tr + n_te:
                 test.append(rel)
     _write_text(root / "TrainImages.txt", train)
     _write_text(root / "TestImages.txt", test)
@@ -332,13 +376,15 @@ def make_imagenet(root, n_per_class: int = 3, n_classes: int = 5, n_test_per_cla
     k = 0
     for i in range(n_classes):
         w = _wnid(i)
-        for j in range(n_per_class):
-            _write_image(root / "train" / w / f"{w}_{j}.JPEG", _pixels(rng, i, size))
-        for j in range(n_test_per_class):
+        (root / "train" / w).mkdir(parents=True, exist_ok=True); (root / "val" / w).mkdir(parents=True, exist_ok=True)
+        for j in range(_counts(n_per_class, n_classes)[i]):
+            _write_image(root / "train" / w / f"{_odd(j, f'{w}_{j}')}.JPEG", _pixels(rng, i, size))
+        for j in range(_counts(n_test_per_class, n_classes)[i]):
             k += 1
             _write_image(root / "val" / w / f"ILSVRC2012_val_{k:08d}.JPEG", _pixels(rng, i, size))
     if names:
-        _write_text(root / "LOC_synset_mapping.txt", [f"{_wnid(i)} object{i:03d}, thing {i}" for i in range(n_classes)])
+        _write_text(root / "LOC_synset_mapping.txt",
+                    [f"{_wnid(i)} {_named(_IMAGENET_NAMES, i, 'object')}, thing {i}" for i in range(n_classes)])
     return root
 
 
@@ -354,10 +400,52 @@ def make_imagefolder(root, n_per_class: int = 3, n_classes: int = 5, n_test_per_
     for split, n in (("train", n_per_class), ("test", n_test_per_class)):
         for i in range(n_classes):
             d = root / split / f"class_{i:02d}"
-            for j in range(n):
-                _write_image(d / f"img_{j:03d}{_FOLDER_EXTS[(i + j) % len(_FOLDER_EXTS)]}", _pixels(rng, i, size))
+            for j in range(_counts(n, n_classes)[i]):
+                _write_image(d / f"{_odd(j, f'img_{j:03d}')}{_FOLDER_EXTS[(i + j) % len(_FOLDER_EXTS)]}",
+                             _pixels(rng, i, size))
             _write_text(d / "notes.txt", ["not an image"])
     return root
+
+
+# ----------------------------------------------------------------------------------------------------------
+# image-file quirks of the real releases
+
+
+def _train_files(root, name: str, n: int) -> list[Path]:
+    "The first training file of each of the first `n` classes that have one (in the loader's view)."
+    from ..datasets import load_dataset
+    ds = load_dataset(name, root)
+    firsts: dict[int, Path] = {}
+    for item, label in zip(ds.train.items, ds.train.labels):
+        if isinstance(item, Path): firsts.setdefault(label, item)
+    files = [firsts[c] for c in sorted(firsts)][:n]
+    if len(files) < n: raise ValueError(f"{name} replica at {root} has fewer than {n} classes with image files")
+    return files
+
+
+def add_image_quirks(root, name: str) -> dict[str, Path]:
+    """Re-save one training image each as 8-bit greyscale ('L'), CMYK JPEG and 16-bit greyscale PNG (under its
+    original name, as some real files are), keeping its class's brightness; returns `{quirk: path}`."""
+    files = _train_files(root, name, 3)
+    out = {}
+    for quirk, f in zip(("grey", "cmyk", "16bit"), files):
+        im = Image.open(f).convert("RGB")
+        if quirk == "grey": im.convert("L").save(f, "JPEG" if f.suffix.lower() in (".jpg", ".jpeg") else "PNG")
+        elif quirk == "cmyk": im.convert("CMYK").save(f, "JPEG", quality=95)
+        else:   # 16-bit: values up to 65535, which a plain convert("RGB") clips to white
+            a = np.asarray(im.convert("L"), dtype=np.uint16) * 257
+            Image.fromarray(a.astype(np.uint16)).save(f, "PNG")
+        out[quirk] = f
+    return out
+
+
+def break_images(root, name: str) -> dict[str, Path]:
+    "Truncate one training image to half its bytes and empty another (zero bytes); returns `{quirk: path}`."
+    files = _train_files(root, name, 2)
+    data = files[0].read_bytes()
+    files[0].write_bytes(data[: len(data) // 2])
+    files[1].write_bytes(b"")
+    return {"corrupt": files[0], "zero_byte": files[1]}
 
 
 REPLICAS: dict[str, Callable[..., Path]] = {

@@ -26,6 +26,7 @@ import yaml
 from PIL import Image
 from torch import nn
 
+from ..rundir import DONE, EXPORT, save_hashed, write_examples
 from .replicas import class_colour
 
 __all__ = ["make_tiny_run", "write_tiny_imagefolder", "tiny_cnn", "TINY_CLASSES", "free_port", "serve"]
@@ -34,7 +35,7 @@ TINY_CLASSES = ("cat", "dog", "emu")
 _SIZE = 16
 
 
-def write_tiny_imagefolder(root, n_train: int = 16, n_test: int = 8, size: int = _SIZE, jitter: float = 50.0,
+def write_tiny_imagefolder(root, n_train: int = 60, n_test: int = 8, size: int = _SIZE, jitter: float = 110.0,
                            seed: int = 0) -> Path:
     """`root/{train,test}/<class>/<i>.png`: pixel noise around one colour per class, each image's colour shifted by
     N(0, `jitter`) so that classes overlap (a model then errs now and then, and has a finite best temperature).
@@ -66,7 +67,7 @@ def _dls(data: Path, seed: int):
                                    parent_label)
     db = DataBlock(blocks=(ImageBlock, CategoryBlock), get_items=get_image_files, get_y=parent_label,
                    splitter=RandomSplitter(valid_pct=0.25, seed=seed), item_tfms=Resize(_SIZE))
-    return db.dataloaders(data / "train", bs=4, num_workers=0, device="cpu")
+    return db.dataloaders(data / "train", bs=8, num_workers=0, device="cpu")
 
 
 def _logits(learn, items: list) -> tuple[torch.Tensor, torch.Tensor]:
@@ -117,8 +118,10 @@ def make_tiny_run(root, method: str = "cskd", seed: int = 0, epochs: int = 1, la
               "train": {"epochs": epochs, "bs": 4, "lr": 0.1, "optimizer": "adam", "schedule": "constant"},
               "methods": [{"name": method, "label": label, "lam": lam, "temp": temp}], "seeds": [seed]}
     (run / "recipe.yaml").write_text(yaml.safe_dump(recipe, sort_keys=False))
-    learn.export(run / "export.pkl")
-    (run / "DONE").write_text("")
+    save_hashed(lambda t: learn.export(Path(t).resolve()), run, EXPORT)   # hashes.json, as `train` records it
+    test_labels = splits["test"][1].tolist()
+    write_examples(run, test_items, test_labels, classes)
+    (run / DONE).write_text("")
     return run
 
 
