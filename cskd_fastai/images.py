@@ -116,7 +116,7 @@ def verify_image(path) -> None:
     with open(p, "rb") as f:
         try: im = Image.open(f)
         except UnidentifiedImageError: raise ValueError(f"{p} is not an image Pillow can read") from None
-        except (OSError, SyntaxError, ValueError) as e: raise ValueError(f"cannot read {p}: {_one_line(e)}") from None
+        except (OSError, SyntaxError, ValueError) as e: raise ValueError(f"{p} is corrupt or truncated ({_one_line(e)})") from None
         try: im.load()
         except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as e:
             raise ValueError(f"{p} is corrupt or truncated ({_one_line(e)})") from None

@@ -26,7 +26,7 @@ import yaml
 from PIL import Image
 from torch import nn
 
-from ..rundir import DONE, EXPORT, save_hashed, write_examples
+from ..rundir import DONE, ENV, EXPORT, HISTORY, save_hashed, write_examples
 from .replicas import class_colour
 
 __all__ = ["make_tiny_run", "write_tiny_imagefolder", "tiny_cnn", "TINY_CLASSES", "free_port", "serve"]
@@ -99,7 +99,8 @@ def make_tiny_run(root, method: str = "cskd", seed: int = 0, epochs: int = 1, la
     dls = _dls(data, seed)
     model = tiny_cnn(len(dls.vocab))
     learn = cskd_learner(dls, model, lam=lam, temp=temp) if cskd else plain_learner(dls, model)
-    with learn.no_bar(), learn.no_logging(): learn.fit(epochs, lr=0.1)
+    from fastai.callback.progress import CSVLogger
+    with learn.no_bar(), learn.no_logging(): learn.fit(epochs, lr=0.1, cbs=CSVLogger(fname=(run / HISTORY).resolve()))
 
     test_items = sorted(get_image_files(data / "test"))
     splits = {"valid": _logits(learn, list(dls.valid_ds.items)), "test": _logits(learn, test_items)}
@@ -121,6 +122,7 @@ def make_tiny_run(root, method: str = "cskd", seed: int = 0, epochs: int = 1, la
     save_hashed(lambda t: learn.export(Path(t).resolve()), run, EXPORT)   # hashes.json, as `train` records it
     test_labels = splits["test"][1].tolist()
     write_examples(run, test_items, test_labels, classes)
+    (run / ENV).write_text(json.dumps({"made_by": "cskd_fastai.testing.runs.make_tiny_run", "torch": torch.__version__}))
     (run / DONE).write_text("")
     return run
 
