@@ -154,12 +154,66 @@ class StepCount(Callback):
     def after_step(self): self.steps += 1
 
 
-def test_composes_with_gradient_accumulation(dls):
-    sc = StepCount()
-    learn = cskd_learner(dls, TinyNet(), lam=1.0, cbs=[GradientAccumulation(n_acc=2 * dls.train.bs), sc],
+class AccumulatedGrads(Callback):
+    "Records each training batch's anchors/partners and the accumulated gradient at the first optimizer step."
+    order = 99
+    def __init__(self): self.batches, self.grads = [], None
+    def after_loss(self):
+        if self.training and self.grads is None:
+            self.batches.append((self.xb[0].clone(), self.yb[0].clone(), self.learn.cskd.partner_xb[0].clone()))
+    def before_step(self):
+        if self.grads is None:
+            self.grads = [p.grad.detach().clone() for p in self.learn.model.parameters()]
+            self.weights = [p.detach().clone() for p in self.learn.model.parameters()]
+
+
+@pytest.mark.parametrize("lam", [1.0, 3.0])
+def test_composes_with_gradient_accumulation(dls, lam):
+    "The accumulated gradient is that of the mean CS-KD loss over the accumulated batches: KD term scaled like CE."
+    sc, rec = StepCount(), AccumulatedGrads()
+    learn = cskd_learner(dls, TinyNet(), lam=lam, cbs=[GradientAccumulation(n_acc=2 * dls.train.bs), sc, rec],
                          opt_func=SGD, lr=0.01)
     learn.fit(1)
     assert sc.batches >= 4 and sc.steps == sc.batches // 2
+    assert len(rec.batches) == 2            # the first step came after two batches, before any weight changed
+    ref = TinyNet()
+    with torch.no_grad():
+        for p, w in zip(ref.parameters(), rec.weights): p.copy_(w)
+    total = 0
+    for xa, y, xp in rec.batches:
+        with torch.no_grad(): partner = ref(xp)
+        total = total + nn.functional.cross_entropy(ref(xa), y) + lam * class_wise_kd(ref(xa), partner, 4.0)
+    (total / len(rec.batches)).backward()
+    for g, p in zip(rec.grads, ref.parameters()):
+        assert torch.allclose(g, p.grad, rtol=1e-4, atol=1e-6), (g - p.grad).abs().max()
+
+
+class CPUMixedPrecision(Callback):
+    "fastai's `MixedPrecision` (bf16) event for event, with CPU autocast: the partner pass runs in bf16 under it."
+    order = 10
+    def before_batch(self): self.ac = torch.autocast("cpu", dtype=torch.bfloat16); self.ac.__enter__()
+    def after_pred(self): self.learn.pred = self.pred.float()
+    def after_loss(self): self.ac.__exit__(None, None, None)
+    def after_cancel_batch(self): self.ac.__exit__(None, None, None)
+
+
+def test_kd_term_is_float32_under_bf16_autocast(dls, monkeypatch):
+    "The KD term on bf16 logits (the MixedPrecision path) must be computed in float32, not in bf16."
+    import cskd_fastai.callback as C
+    seen = []
+    def recording_kd(a, p, T):
+        kd = class_wise_kd(a, p, T)
+        seen.append((p.dtype, kd.dtype, kd.item(), class_wise_kd(a.double(), p.double(), T).item()))
+        return kd
+    monkeypatch.setattr(C, "class_wise_kd", recording_kd)
+    learn = cskd_learner(dls, TinyNet(), lam=3.0, temp=4.0, cbs=[CPUMixedPrecision()], opt_func=SGD, lr=0.5)
+    learn.fit(2)
+    assert seen and all(pd == torch.bfloat16 for pd, *_ in seen)          # the partner logits really were bf16
+    assert all(kd_dtype == torch.float32 for _, kd_dtype, *_ in seen)
+    # float32 math on the bf16 logits agrees with float64 to a few 1e-6 (T² = 16 times float32 rounding of the
+    # log-softmax); log-softmax in bf16 misses by 1e-3 to 1e-1
+    errs = [abs(kd - ref) for *_, kd, ref in seen]
+    assert max(errs) < 3e-5, max(errs)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="fastai's MixedPrecision needs CUDA")
