@@ -108,3 +108,31 @@ def test_plots_return_axes_and_write_png(tmp_path):
     assert len(right.patches) == 10
     fig.savefig(tmp_path / "both.png")
     assert (tmp_path / "both.png").stat().st_size > 1000
+
+
+# ---- the default temperature: only where the validation data supports it --------------------------------------
+def test_checked_fit_refuses_a_temperature_fitted_on_one_error():
+    from cskd_fastai.calibration import fit_temperature_checked
+    g = torch.Generator().manual_seed(0)
+    y = torch.randint(0, 10, (189,), generator=g)
+    z = torch.randn(189, 10, generator=g) + 6 * torch.nn.functional.one_hot(y, 10)
+    z[0] = -z[0]                                         # exactly one confident mistake, as on the quickstart
+    assert int((z.argmax(1) != y).sum()) == 1
+    fit = fit_temperature_checked(z, y)
+    assert not fit.trusted and fit.T == 1.0 and fit.n_errors == 1 and "only 1 of 189" in fit.reason
+    assert fit.fitted == pytest.approx(fit_temperature(z, y))
+
+
+def test_checked_fit_trusts_a_supported_temperature_and_cross_validates():
+    from cskd_fastai.calibration import _folds, fit_temperature_checked
+    g = torch.Generator().manual_seed(1)
+    n, c = 400, 5
+    true = torch.randn(n, c, generator=g) * 1.5
+    y = torch.multinomial(true.softmax(1), 1, generator=g).squeeze(1)   # labels drawn from softmax(true)
+    fit = fit_temperature_checked(3.0 * true, y)                        # over-confident by a factor of 3
+    assert fit.trusted and fit.T == fit.fitted and 2.3 < fit.T < 3.9
+    # the held-out NLL at T = 1 is just the NLL over the folds, which partition the set
+    assert fit.cv_nll_one == pytest.approx(float(F.cross_entropy((3.0 * true).double(), y)), rel=1e-9)
+    held = np.concatenate(_folds(n, 5))
+    assert sorted(held.tolist()) == list(range(n))
+    assert fit.cv_nll_fitted < fit.cv_nll_one

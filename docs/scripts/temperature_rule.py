@@ -7,7 +7,7 @@ NLL under four rules for fitting T on the VALIDATION logits (never on test):
 - `checked`: `min-errors` plus a 5-fold cross-validation on the validation split that must show a held-out NLL gain
   (`cskd_fastai.calibration.fit_temperature_checked`, the rule the demo, `predict` and `compare` use).
 
-    python docs/scripts/temperature_rule.py docs/evidence runs/quickstart
+    python docs/scripts/temperature_rule.py docs/evidence
 """
 import sys
 
