@@ -104,6 +104,8 @@ class TrainCfg(_Strict):
     compile: bool = Field(False, description="torch.compile the model (falls back to eager, with a warning, if it fails)")
     gpu_augment: bool = Field(False, description="flip/crop per batch on the device instead of per item in PIL (training only)")
     workers: int = Field(0, ge=0, description="loader worker processes (pinned memory on CUDA when > 0)")
+    cache: Literal["none", "memory", "disk"] = Field("none", description="decode and resize every image once "
+                                                     "(cskd_fastai.cache): in memory, or a .npy under <out>/.cache")
     select: Literal["last", "best_valid"] = Field("last", description="report the last epoch or the best on VALID")
     drop_last: bool = False
 

@@ -41,7 +41,8 @@ from .datasets import ImageDataset, load_dataset
 from .learner import cskd_learner, plain_learner
 from .metrics import classification_metrics, cskd_metrics
 from .recipe import Recipe
-from .speed import apply_speed_options, device_aug_tfms, loader_kwargs
+from .cache import ImageCache, build_cache, cache_item_tfms, cache_side
+from .speed import BatchFlip, apply_speed_options, device_aug_tfms, loader_kwargs
 from .teacher import TeacherKD
 from .transforms import PadRandomCrop, load_image
 
@@ -78,8 +79,10 @@ def _item_tfms(size: int, augment: str) -> list:
     return tfms + [ToTensor()]
 
 
-def build_dls(recipe: Recipe, data: ImageDataset, seed: int, paired: bool, device=None):
-    "DataLoaders with train (paired for CS-KD), valid (carved from train) and test (index 2) loaders."
+def build_dls(recipe: Recipe, data: ImageDataset, seed: int, paired: bool, device=None,
+              cache: Optional[ImageCache] = None):
+    """DataLoaders with train (paired for CS-KD), valid (carved from train) and test (index 2) loaders; with a
+    `cache` (built over train + test items, in that order) items are cache indices and nothing is decoded."""
     cfg, tc = recipe.dataset, recipe.train
     tr_idx, va_idx = stratified_split(data.train.labels, cfg.valid_pct, seed)
     if not va_idx: raise ValueError(f"dataset.valid_pct={cfg.valid_pct} leaves no validation images; raise it")
@@ -87,7 +90,11 @@ def build_dls(recipe: Recipe, data: ImageDataset, seed: int, paired: bool, devic
     ys = [data.classes[l] for l in list(data.train.labels) + list(data.test.labels)]
     n_tr = len(data.train.items)
     splits = [tr_idx, va_idx, list(range(n_tr, len(items)))]
-    dsets = Datasets(tls=[TfmdLists(items, [load_image], splits=splits),
+    if cache is not None and len(cache) != len(items):
+        raise ValueError(f"the image cache holds {len(cache)} images, the dataset {len(items)}; rebuild it")
+    x_tl = (TfmdLists(list(range(len(items))), [], splits=splits) if cache is not None
+            else TfmdLists(items, [load_image], splits=splits))
+    dsets = Datasets(tls=[x_tl,
                           # sort=False: the vocabulary is the loader's class order (label i is data.classes[i]) end to
                           # end; fastai's default sorts the names, which differs whenever names sort unlike ids
                           TfmdLists(ys, [Categorize(vocab=list(data.classes), sort=False)], splits=splits)])
@@ -95,6 +102,9 @@ def build_dls(recipe: Recipe, data: ImageDataset, seed: int, paired: bool, devic
     if device is None: device = "cuda" if torch.cuda.is_available() else "cpu"
     # train.gpu_augment: flips/crops per batch on the device (training only; valid/test items are unchanged)
     item_tfms, aug = device_aug_tfms(cfg.image_size, tc.augment) if tc.gpu_augment else (_item_tfms(cfg.image_size, tc.augment), [])
+    if cache is not None:   # crops from the decoded array; a random-resized crop is cut per item either way
+        item_tfms = cache_item_tfms(cache, cfg.image_size, tc.augment, tc.gpu_augment)
+        if tc.gpu_augment and tc.augment == "resized_crop_flip": aug = [BatchFlip(0.5)]
     dls = dsets.dataloaders(bs=tc.bs, dl_type=dl_type, after_item=item_tfms,
                             after_batch=[IntToFloatTensor(), *aug, Normalize.from_stats(*imagenet_stats)],
                             drop_last=tc.drop_last, device=device, **loader_kwargs(tc.workers, device))
@@ -336,7 +346,8 @@ def _remove_run_dir(run_dir: Path) -> None:
 
 
 def train_run(recipe: Recipe, run_dir: Path, data: ImageDataset, resume: bool = False,
-              log: Callable[[str], None] = _log, progress: Optional[bool] = None) -> dict:
+              log: Callable[[str], None] = _log, progress: Optional[bool] = None,
+              cache: Optional[ImageCache] = None) -> dict:
     """Train one (method, seed) run into `run_dir`; returns its metrics.json content.
 
     One writer per run directory: rank 0 creates it (refusing an existing one unless resuming) and holds its lock
@@ -362,14 +373,14 @@ def train_run(recipe: Recipe, run_dir: Path, data: ImageDataset, resume: bool = 
             log(f"skipping finished run {run_dir}")
             return R.read_json(run_dir / R.METRICS)
         try:
-            return _train_locked(recipe, run_dir, data, resume, log if main else _quiet, progress)
+            return _train_locked(recipe, run_dir, data, resume, log if main else _quiet, progress, cache)
         except BaseException:
             if main and created and not (run_dir / R.CHECKPOINT).exists(): _remove_run_dir(run_dir)
             raise
 
 
 def _train_locked(recipe: Recipe, run_dir: Path, data: ImageDataset, resume: bool, log: Callable,
-                  progress: Optional[bool]) -> dict:
+                  progress: Optional[bool], cache: Optional[ImageCache] = None) -> dict:
     meth, tc = recipe.method, recipe.train
     main = D.is_main()
     ckpt = run_dir / R.CHECKPOINT
@@ -382,7 +393,7 @@ def _train_locked(recipe: Recipe, run_dir: Path, data: ImageDataset, resume: boo
     D.barrier()   # every rank has decided `resuming` before anything else is written
     set_seed(recipe.seed)
     dls = build_dls(recipe, data, recipe.seed, paired=meth.name == "cskd",
-                    device=D.local_device() if D.is_distributed() else None)
+                    device=D.local_device() if D.is_distributed() else None, cache=cache)
     n_train = len(dataset_labels(dls.train_ds))
     counts = np.bincount(dataset_labels(dls.train_ds), minlength=len(data.classes))
     if meth.name == "cskd" and (counts == 1).any():
@@ -448,6 +459,8 @@ def _finish_run(recipe: Recipe, run_dir: Path, data: ImageDataset, learn, dls, n
                  wall_time_s=round(wall, 1), resumed=resuming, world_size=world_size)
     result = dict(valid=metrics["valid"], test=metrics["test"], facts=facts)
     R.save_atomic(lambda t: torch.save(logits, t), run_dir / R.LOGITS)
+    if recipe.train.cache != "none":   # the export predicts on image files: give it the plain (decoding) pipeline
+        learn.dls = build_dls(recipe, data, recipe.seed, paired=False, device=dls.device)
     R.save_hashed(lambda t: learn.export(Path(t).resolve()), run_dir, R.EXPORT)
     R.write_examples(run_dir, data.test.items, data.test.labels, data.classes)
     try: _plots(run_dir, logits, meth.run_label)
@@ -490,11 +503,27 @@ def train_recipe(recipe: Recipe, out: Path, data_root: Optional[str] = None, res
             update=dict(root=str(Path(root).expanduser().resolve())))))
     runs, dirs = plan_runs(recipe, out, resume=resume, only=only)
     data = load_data(recipe)
+    todo = [(r, d) for r, d in zip(runs, dirs) if not (resume and R.is_done(d))]
+    cache = _image_cache(recipe, data, Path(out), log) if todo and recipe.train.cache != "none" else None
     D.barrier()   # every rank has checked the run directories before rank 0 creates any
     for r, d in zip(runs, dirs):
         if resume and R.is_done(d):
             log(f"skipping finished run {d}"); continue
         if d.exists() and not (d / R.CHECKPOINT).exists() and any(d.iterdir()) and resume:
             log(f"restarting {d}: it has no checkpoint yet")
-        train_run(r, d, data, resume=resume, log=log, progress=progress)
+        train_run(r, d, data, resume=resume, log=log, progress=progress, cache=cache)
     return dirs
+
+
+def _image_cache(recipe: Recipe, data: ImageDataset, out: Path, log: Callable) -> ImageCache:
+    "The recipe's decoded-image cache (`train.cache`), built once for all its runs; disk caches under <out>/.cache."
+    tc, size = recipe.train, recipe.dataset.image_size
+    side, mode = cache_side(size, tc.augment), ("rrc" if tc.augment == "resized_crop_flip" else "resize")
+    items = list(data.train.items) + list(data.test.items)
+    t0 = time.time()
+    # under a multi-process launch every rank builds (memory) or reuses (disk) it; a disk build is tmp + rename
+    cache = build_cache(items, side, mode, tc.cache, cache_dir=out / ".cache", name=recipe.dataset.name,
+                        threads=max(1, min(4, os.cpu_count() or 1)), log=log)
+    log(f"image cache ({tc.cache}): {len(items)} images at {side}px, {cache.images.nbytes / 2**20:.0f} MB, "
+        f"ready in {time.time() - t0:.1f}s")
+    return cache
