@@ -149,7 +149,8 @@ def _recipe(arch: str, size: int, bs: int, augment: str, method: str, args) -> R
         methods=[dict(name=method, lam=LAM, temp=TEMP)],
         train=dict(epochs=1, bs=bs, lr=LR, optimizer="sgd", momentum=0.9, wd=1e-4, schedule="constant",
                    augment=augment, mixed_precision=args.mixed_precision, channels_last=args.channels_last,
-                   compile=args.compile, gpu_augment=args.gpu_augment, workers=args.workers)))
+                   compile=args.compile, gpu_augment=args.gpu_augment, workers=args.workers,
+                   cache="memory" if getattr(args, "cache", False) else "none")))
 
 
 # ---- the plain-PyTorch reference ----------------------------------------------------------------------
@@ -258,8 +259,13 @@ def bench_one(name, arch, size, bs, augment, source, args, device, real_data=Non
         data = real_data
         n_classes = len(data.classes)
         r_ce, r_kd = (_recipe(arch, size, bs, augment, m, args) for m in ("ce", "cskd"))
-        dls_ce = build_dls(r_ce, data, 0, paired=False, device=device)
-        dls_kd = build_dls(r_kd, data, 0, paired=True, device=device)
+        cache = None
+        if getattr(args, "cache", False):   # train.cache: memory (decoded once; not timed, as `train` builds it once)
+            from cskd_fastai.cache import build_cache, cache_side
+            cache = build_cache(list(data.train.items) + list(data.test.items), cache_side(size, augment),
+                                "rrc" if augment == "resized_crop_flip" else "resize", "memory", log=lambda m: None)
+        dls_ce = build_dls(r_ce, data, 0, paired=False, device=device, cache=cache)
+        dls_kd = build_dls(r_kd, data, 0, paired=True, device=device, cache=cache)
         tr_idx, _ = stratified_split(data.train.labels, args.valid_pct, 0)
         items = [data.train.items[i] for i in tr_idx]; lab = [int(data.train.labels[i]) for i in tr_idx]
         ref_batches = file_batches(items, lab, size, augment, bs, args.workers, device)
@@ -341,6 +347,7 @@ def parse_args(argv=None):
     p.add_argument("--channels-last", action="store_true")
     p.add_argument("--compile", action="store_true")
     p.add_argument("--gpu-augment", action="store_true", help="real data: flips/crops per batch on the device")
+    p.add_argument("--cache", action="store_true", help="real data: train.cache=memory (images decoded once)")
     a = p.parse_args(argv)
     if a.quick:
         a.n_images = a.n_images or 16
@@ -378,7 +385,7 @@ def main(argv=None):
           f"{args.n_classes} classes" + (f"; real {args.dataset}: {len(real.train)} train images, {len(real.classes)} classes, "
                                        f"{args.workers} workers" if real else "")
           + f"; fastai options: mixed_precision={args.mixed_precision} channels_last={args.channels_last} "
-          f"compile={args.compile} gpu_augment={args.gpu_augment}", flush=True)
+          f"compile={args.compile} gpu_augment={args.gpu_augment} cache={args.cache}", flush=True)
     rows = []
     for name in names:
         arch, size, bs, augment = table[name]

@@ -1,17 +1,30 @@
-"""cskd-fastai: class-wise self-knowledge distillation (Yun et al., CVPR 2020) as a one-line fastai addition."""
+"""cskd-fastai: class-wise self-knowledge distillation (Yun et al., CVPR 2020) as a one-line fastai addition.
+
+The public names import lazily (PEP 562): `import cskd_fastai` and the command line (`cskd-fastai --help`,
+`--version`, argument errors) answer without importing torch or fastai; `from cskd_fastai import CSKD` imports
+what it needs on first use."""
 __version__ = "0.1.0"
 
+import importlib as _importlib
 import warnings as _warnings
 
 # fastai calls torch.jit.script at import time; torch 2.14 warns about it on every import (not our code's use)
 _warnings.filterwarnings("ignore", message="`torch.jit.script` is deprecated", category=FutureWarning)
 
-from .data import PairedDL, paired_dls, dataset_labels, check_classes
-from .losses import class_wise_kd, ClassWiseKDLoss
-from .callback import CSKD, warmup_schedule
-from .learner import cskd_learner, plain_learner, CSKDLearner
-from .metrics import cskd_metrics, classification_metrics
+_WHERE = {"PairedDL": "data", "paired_dls": "data", "dataset_labels": "data", "check_classes": "data",
+          "class_wise_kd": "losses", "ClassWiseKDLoss": "losses", "CSKD": "callback", "warmup_schedule": "callback",
+          "cskd_learner": "learner", "plain_learner": "learner", "CSKDLearner": "learner",
+          "cskd_metrics": "metrics", "classification_metrics": "metrics"}
 
-__all__ = ["PairedDL", "paired_dls", "dataset_labels", "check_classes", "class_wise_kd", "ClassWiseKDLoss",
-           "CSKD", "warmup_schedule", "cskd_learner", "plain_learner", "CSKDLearner", "cskd_metrics",
-           "classification_metrics", "__version__"]
+__all__ = [*_WHERE, "__version__"]
+
+
+def __getattr__(name: str):
+    if name in _WHERE:
+        value = getattr(_importlib.import_module(f".{_WHERE[name]}", __name__), name)
+        globals()[name] = value   # once imported, a plain attribute
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__(): return sorted([*globals(), *_WHERE])

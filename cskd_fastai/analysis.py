@@ -247,10 +247,11 @@ def confidence_figure(logits: Tensor, labels: Tensor, title: str = "", threshold
     ax.hist(top[ok], bins=bins, alpha=0.6, color="tab:green", label=f"correct ({int(ok.sum())})")
     ax.hist(top[~ok], bins=bins, alpha=0.6, color="tab:red", label=f"wrong ({int((~ok).sum())})")
     ax.axvline(math.log(threshold), color="k", ls="--", lw=1, label=f"p = {threshold:g}")
+    ax.set_yscale("log")   # the few wrong, confident predictions stay visible next to the many right ones
     ax.set_xlabel("log-probability of the predicted class")
-    ax.set_ylabel("test samples")
+    ax.set_ylabel("test samples (log scale)")
     ax.set_title(title or "confidence of predictions")
-    ax.legend(fontsize=8, loc="upper left")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     return fig
 
 
@@ -497,3 +498,11 @@ def analyze_runs(run_dirs: Iterable, out_dir, data_root=None, max_items: int | N
     report = out / REPORT_MD
     report.write_text(_report(results, out) + "\n")
     return report
+
+
+def summary_table(report: Path) -> str:
+    "The comparison table of a report.md (its header, separator and one row per run), for printing."
+    lines = Path(report).read_text().splitlines()
+    start = next(i for i, l in enumerate(lines) if l.startswith("| run |"))
+    end = next((i for i in range(start, len(lines)) if not lines[i].startswith("|")), len(lines))
+    return "\n".join(lines[start:end])

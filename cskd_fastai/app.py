@@ -17,6 +17,7 @@ budget. Gradio imports lazily, so the pure functions and the command-line errors
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import os
@@ -239,7 +240,7 @@ def calibration_figure(entry: ModelEntry, T: float | None = None):
     from matplotlib.figure import Figure  # pyplot-free: no global state shared between server threads
     T = entry.temperature if T is None else float(T)
     z, y = _split(entry, "test")
-    fig = Figure(figsize=(12, 3.9), layout="constrained")
+    fig = Figure(figsize=(15, 4.8), layout="constrained")
     a0, a1, a2 = fig.subplots(1, 3)
     reliability_diagram(z, y, ax=a0, title="Before: T = 1")
     reliability_diagram(z / T, y, ax=a1, title=f"After: T = {T:.3g}")
@@ -310,12 +311,40 @@ def calibration_markdown(entry: ModelEntry, T: float | None = None) -> str:
             f"| NLL | {c['nll_before']:.4f} | {c['nll_after']:.4f} |")
 
 
-def confidence_markdown(entry: ModelEntry, logits: Tensor, T: float) -> str:
-    "How confident the model is in its top class at `T`, next to its raw (T = 1) confidence."
+def fmt_prob(p: float) -> str:
+    "A probability as a percentage with useful precision: 99.7%, 0.3%, and '<0.1%' / '>99.9%' at the ends."
+    p = float(p)
+    if p < 0.0005: return "<0.1%"
+    if p > 0.9995: return ">99.9%"
+    return f"{100 * p:.1f}%"
+
+
+def unusual_confidence(entry: ModelEntry, logits: Tensor, T: float, q: float = 0.01) -> tuple[bool, float] | None:
+    """(is the top-class confidence at `T` below the `q` quantile of the validation images' at `T`?, that quantile);
+    None without stored validation logits. A low confidence compared with the training distribution's images
+    is a cheap hint that the input is unlike them (it cannot prove that an input is in-distribution)."""
+    if entry.valid is None: return None
+    ref = apply_temperature(entry.valid[0], T).amax(1)
+    floor = float(torch.quantile(ref.double(), q))
+    return float(apply_temperature(logits, T).max()) < floor, floor
+
+
+def confidence_markdown(entry: ModelEntry, logits: Tensor, T: float, k: int = 5, true_class: str | None = None) -> str:
+    """The top-`k` probabilities at `T` with useful precision, the top class's raw (T = 1) confidence, the true
+    class of an example, and a hint when the confidence is unusually low for this model."""
     p_T, p_1 = apply_temperature(logits, T), apply_temperature(logits, 1.0)
     i = int(p_T.argmax())
-    return (f"Top class **{entry.classes[i]}**: {float(p_T[i]):.1%} confident at T = {T:.3g} "
-            f"({float(p_1[i]):.1%} at T = 1)")
+    lines = [f"Top class **{entry.classes[i]}**: {fmt_prob(p_T[i])} at T = {T:.3g} ({fmt_prob(p_1[i])} at T = 1)"]
+    if true_class is not None:
+        lines.append(f"True class: **{true_class}** — " + ("right" if entry.classes[i] == true_class else "wrong"))
+    flag = unusual_confidence(entry, logits, T)
+    if flag and flag[0]:
+        lines.append(f"⚠ Unlike the training data? The top-class confidence is below what 99% of this model's "
+                     f"validation images get ({fmt_prob(flag[1])} at this T).")
+    top = p_T.topk(min(int(k), len(entry.classes)))
+    lines += ["", "| class | probability |", "|---|---:|"]
+    lines += [f"| {entry.classes[int(c)]} | {fmt_prob(v)} |" for v, c in zip(top.values, top.indices)]
+    return "\n".join(lines)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -362,14 +391,16 @@ def build_demo(run_dirs: Sequence, k: int = 5, n_examples: int = 6):
     max_k = max(min(10, len(e.classes)) for e in entries)
     examples = example_images(entries, n_examples)
     example_dirs = [e.path / EXAMPLES for e in entries if e.path is not None]
+    # gradio hands an example over as a copy in its cache: recognise it by content to show its true class
+    example_class = {hashlib.sha1(p.read_bytes()).hexdigest(): c for p, c in examples}
     hint = "Upload an image (PNG, JPEG, GIF, BMP, WebP, TIFF) or pick an example."
 
     with gr.Blocks(title="CS-KD: calibrated predictions", analytics_enabled=False) as demo:
         gr.Markdown("# Class-wise self-knowledge distillation: calibrated predictions side by side\n"
                     "Each model's probabilities are `softmax(logits / T)`; T starts at the temperature fitted on "
                     "its validation logits (NLL, LBFGS) where the validation split supports it (at least "
-                    f"{MIN_ERRORS} errors and a cross-validated NLL gain), else at 1 (the run facts say why). Move a "
-                    "slider to set T by hand.")
+                    f"{MIN_ERRORS} errors and a cross-validated NLL gain), else at 1 (the run facts say why). The "
+                    "sliders set log₁₀ T by hand, from 1/30 to 30 times the default.")
         logits_state = gr.State(None)
         labels, confs, temps, resets, plots, nums = [], [], [], [], [], []
         with gr.Row(equal_height=False):
@@ -379,7 +410,7 @@ def build_demo(run_dirs: Sequence, k: int = 5, n_examples: int = 6):
                 _guard_input(image, example_dirs)
                 if examples:
                     gr.Examples([[str(p)] for p, _ in examples], inputs=image, label="Examples from the test set",
-                                example_labels=[c for _, c in examples])
+                                examples_per_page=12, elem_id="examples")
                 k_slider = gr.Slider(1, max_k, value=min(k, max_k), step=1, label="Top-k classes shown")
                 status = gr.Markdown(hint, elem_id="status")
             for i, e in enumerate(entries):
@@ -388,24 +419,27 @@ def build_demo(run_dirs: Sequence, k: int = 5, n_examples: int = 6):
                     gr.Markdown(f"### {e.label}{where}")
                     labels.append(gr.Label(label=f"{e.label}: top-k probabilities", elem_id=f"label-{i}"))
                     confs.append(gr.Markdown("", elem_id=f"confidence-{i}"))
-                    hi = max(10.0, math.ceil(2 * e.temperature))
-                    temps.append(gr.Slider(min(0.05, e.temperature), hi, value=round(e.temperature, 3), step=0.01,
-                                           label=f"Temperature T (fitted: {_fitted_text(e)})", elem_id=f"temp-{i}"))
+                    # log scale around the default: a fitted 0.06 is mid-slider, not pinned at a linear end
+                    c = round(math.log10(e.temperature), 2)
+                    temps.append(gr.Slider(c - 1.5, c + 1.5, value=c, step=0.01,
+                                           label=f"log₁₀ T (default T = {e.temperature:.3g}; fitted: {_fitted_text(e)})",
+                                           elem_id=f"temp-{i}"))
                     resets.append(gr.Button("Use the default T" if e.degenerate_fit else "Use the fitted T", size="sm"))
                     gr.Markdown(facts_markdown(e))
         gr.Markdown("## Calibration on the stored test logits")
         for i, e in enumerate(entries):
-            with gr.Row(equal_height=False):
-                plots.append(gr.Plot(calibration_figure(e), format="png", scale=3, show_label=False))
+            with gr.Column():
+                plots.append(gr.Plot(calibration_figure(e), format="png", show_label=False, elem_id=f"plot-{i}"))
                 nums.append(gr.Markdown(calibration_markdown(e), elem_id=f"calibration-{i}"))
 
-        def render(logits, k, ts):
-            if logits is None: return [None] * n, [""] * n
-            zs = [torch.tensor(z) for z in logits]
+        def render(state, k, log_ts):
+            if state is None: return [None] * n, [""] * n
+            zs, truth = [torch.tensor(z) for z in state["logits"]], state.get("true")
+            ts = [10.0 ** float(t) for t in log_ts]
             return ([top_k(apply_temperature(z, T), e.classes, int(k)) for e, z, T in zip(entries, zs, ts)],
-                    [confidence_markdown(e, z, T) for e, z, T in zip(entries, zs, ts)])
+                    [confidence_markdown(e, z, T, int(k), truth) for e, z, T in zip(entries, zs, ts)])
 
-        def on_image(path, k, *ts):
+        def on_image(path, k, *log_ts):
             if path is None: return [hint] + [None] * n + [""] * n + [None]
             if path == REFUSED: return [f"**Cannot use this input:** {REFUSAL}"] + [None] * n + [""] * n + [None]
             try:
@@ -417,11 +451,15 @@ def build_demo(run_dirs: Sequence, k: int = 5, n_examples: int = 6):
             except Exception as err:  # a model that fails on one input must not take the app down
                 log.exception("prediction failed")
                 return [f"**Prediction failed:** {type(err).__name__}: {_one_line(err)}"] + [None] * n + [""] * n + [None]
-            labs, cs = render(logits, k, ts)
-            return [f"Predicted a {img.width}×{img.height} image."] + labs + cs + [logits]
+            try: truth = example_class.get(hashlib.sha1(Path(path).read_bytes()).hexdigest())
+            except OSError: truth = None
+            state = {"logits": logits, "true": truth}
+            labs, cs = render(state, k, log_ts)
+            where = f" (an example from the test set, true class **{truth}**)" if truth else ""
+            return [f"Predicted a {img.width}×{img.height} image{where}."] + labs + cs + [state]
 
-        def on_controls(logits, k, *ts):
-            labs, cs = render(logits, k, ts)
+        def on_controls(state, k, *log_ts):
+            labs, cs = render(state, k, log_ts)
             return labs + cs
 
         image.change(on_image, [image, k_slider, *temps], [status, *labels, *confs, logits_state],
@@ -430,9 +468,9 @@ def build_demo(run_dirs: Sequence, k: int = 5, n_examples: int = 6):
             ctl.change(on_controls, [logits_state, k_slider, *temps], [*labels, *confs],
                        api_visibility="private", trigger_mode="always_last")
         for i, e in enumerate(entries):
-            temps[i].change(lambda T, e=e: (calibration_figure(e, T), calibration_markdown(e, T)), temps[i],
-                            [plots[i], nums[i]], api_visibility="private", trigger_mode="always_last")
-            resets[i].click(lambda T=round(e.temperature, 3): T, None, temps[i], api_visibility="private")
+            temps[i].change(lambda t, e=e: (calibration_figure(e, 10.0 ** t), calibration_markdown(e, 10.0 ** t)),
+                            temps[i], [plots[i], nums[i]], api_visibility="private", trigger_mode="always_last")
+            resets[i].click(lambda c=round(math.log10(e.temperature), 2): c, None, temps[i], api_visibility="private")
     return demo
 
 

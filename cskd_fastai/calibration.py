@@ -146,9 +146,14 @@ def reliability_diagram(logits: Tensor, targets: Tensor, n_bins: int = 15, ax=No
     ax.bar(left[full], conf - acc, bottom=acc, width=width, align="edge", color="tab:red", alpha=0.3,
            edgecolor="tab:red", hatch="//", linewidth=0.6, label="Gap")
     ax.plot([0, 1], [0, 1], linestyle="--", color="gray", label="Perfect calibration")
-    ax.plot([], [], " ", label=f"ECE = {100 * s['ece']:.2f}%")  # text-only legend entry
+    ax.plot([], [], " ", label=f"ECE = {100 * s['ece']:.2f}%\n({n_bins} equal-width bins)")  # text-only entry
+    # how many samples each bar stands for: a bar of 3 images is not a bar of 3,000
+    for x, n, a, c in zip(left[full], s["count"][full], acc, conf):
+        ax.text(x + width / 2, min(max(a, c) + 0.015, 0.95), str(int(n)), ha="center", va="bottom", fontsize=6,
+                rotation=90 if n >= 100 else 0)
     ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="Confidence", ylabel="Accuracy", aspect="equal")
-    ax.legend(loc="upper left", fontsize="small")
+    # the legend sits outside the axes, never over the bars
+    ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0, fontsize="small")
     if title is not None: ax.set_title(title)
     return ax
 
@@ -163,6 +168,6 @@ def confidence_histogram(logits: Tensor, targets: Tensor, n_bins: int = 15, ax=N
     ax.axvline(s["mean_accuracy"], color="black", linestyle="--", label=f"Accuracy ({s['mean_accuracy']:.3f})")
     ax.axvline(s["mean_confidence"], color="tab:red", linestyle="--",
                label=f"Avg. confidence ({s['mean_confidence']:.3f})")
-    ax.set(xlim=(0, 1), xlabel="Confidence", ylabel="Fraction of samples")
-    ax.legend(loc="upper left", fontsize="small")
+    ax.set(xlim=(0, 1), xlabel=f"Confidence ({n_bins} equal-width bins)", ylabel="Fraction of samples")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0, fontsize="small")
     return ax

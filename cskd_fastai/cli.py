@@ -12,10 +12,19 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
                   help="Class-wise self-knowledge distillation (CS-KD, Yun et al. CVPR 2020) for fastai.")
 
 
+def _version(value: bool):
+    if value:
+        from . import __version__
+        typer.echo(f"cskd-fastai {__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
-def _main():
+def _main(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                       help="print the version and exit")):
     "Class-wise self-knowledge distillation (CS-KD) for fastai: paper recipes, honest reports, a demo app."
     # A callback keeps typer from collapsing the command name when only one command is registered.
+    # Everything heavy (torch, fastai, gradio) is imported inside the commands: --help and --version stay instant.
 
 
 def _fail(msg: str, code: int = 2):
@@ -33,13 +42,14 @@ def _one_line(e: BaseException) -> str:
 def _guard(fn, *args, **kwargs):
     "Run a command; expected bad input becomes one `error:` line (exit 2), anything else one line + exit 1."
     from .datasets import DatasetLayoutError
+    from .download import DownloadError
     from .recipe import RecipeError
     from .rundir import RunDirError
     from .train import RunExistsError, TrainingDiverged
     if os.environ.get("CSKD_DEBUG"): return fn(*args, **kwargs)
     try:
         return fn(*args, **kwargs)
-    except (RecipeError, DatasetLayoutError, RunDirError, RunExistsError) as e: _fail(str(e))
+    except (RecipeError, DatasetLayoutError, RunDirError, RunExistsError, DownloadError) as e: _fail(str(e))
     except TrainingDiverged as e: _fail(_one_line(e), 1)
     except OSError as e:
         import errno
@@ -105,6 +115,26 @@ def evaluate(run_dir: Path = typer.Argument(..., help="a finished run directory"
     def _do():
         from .evaluate import evaluate_run
         typer.echo(json.dumps(evaluate_run(run_dir, data_root=data_root), indent=2))
+    _guard(_do)
+
+
+@app.command()
+def predict(run_dir: Path = typer.Argument(..., help="a finished run directory"),
+            images: List[Path] = typer.Argument(..., help="image files and/or folders (searched recursively)"),
+            csv: Optional[Path] = typer.Option(None, "--csv", help="also write one row per image to this CSV"),
+            top_k: int = typer.Option(5, "--top-k", min=1, help="classes shown per image"),
+            temperature: str = typer.Option("fitted", "--temperature", help="fitted (the run's calibrated T, as in "
+                                            "the demo), none (T = 1) or a number"),
+            progress: Optional[bool] = typer.Option(None, "--progress/--no-progress", help="progress bar (default: on a terminal)")):
+    "Predict classes of images with a run's exported learner, at its calibrated temperature; one row per image."
+    def _do():
+        from .predict import format_rows, predict_files, write_csv
+        rows = predict_files(run_dir, images, k=top_k, temperature=temperature, progress=progress)
+        typer.echo(format_rows(rows))
+        bad = sum(1 for r in rows if r["error"])
+        typer.echo(f"{len(rows) - bad} images predicted" + (f", {bad} unreadable (see their rows)" if bad else "")
+                   + f"; T = {rows[0]['T']:.3g}")
+        if csv: write_csv(rows, csv); typer.echo(f"wrote {csv}")
     _guard(_do)
 
 
@@ -177,6 +207,20 @@ def _verify_images(data, progress: Optional[bool]) -> None:
 
 
 @app.command()
+def download(dataset: str = typer.Argument(..., help="cifar10, cifar100, cub, tinyimagenet, dogs or mit67"),
+             to: Path = typer.Option(..., "--to", help="folder to put the dataset in (the --data-root of train/check)"),
+             keep_archives: bool = typer.Option(False, "--keep-archives", help="keep the downloaded archives"),
+             progress: Optional[bool] = typer.Option(None, "--progress/--no-progress", help="progress (default: on a terminal)")):
+    "Download a paper dataset from its official archive (resumable, checksum verified) into the loaders' layout."
+    def _do():
+        from .download import download_dataset
+        d = download_dataset(dataset, to, progress=progress, keep_archives=keep_archives, log=typer.echo)
+        typer.echo(f"dataset {d.name}: ok ({len(d.classes)} classes, {len(d.train.items)} train, {len(d.test.items)} "
+                   f"test) in {to}; train with --data-root {to}")
+    _guard(_do)
+
+
+@app.command()
 def trust(run_dirs: List[Path] = typer.Argument(..., help="run directories whose export/checkpoint you made yourself")):
     "Record the SHA-256 of runs' export.pkl and checkpoint.pth as they are now (for runs trained before hashes existed)."
     def _do():
@@ -196,9 +240,10 @@ def analyze(run_dirs: List[Path] = typer.Argument(..., help="finished run direct
             max_items: Optional[int] = typer.Option(None, "--max-items", help="analyze at most this many test images")):
     "Recall@k of embeddings, intra-class variation, over-confidence and t-SNE plots, compared across runs."
     def _do():
-        from .analysis import analyze_runs
+        from .analysis import analyze_runs, summary_table
         report = analyze_runs(run_dirs, out, data_root=data_root, max_items=max_items)
-        typer.echo(f"wrote {report}")
+        typer.echo(summary_table(report))
+        typer.echo(f"wrote {report} (definitions and figures)")
     _guard(_do)
 
 

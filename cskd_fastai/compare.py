@@ -1,5 +1,11 @@
 """`compare`: one table of test metrics (mean ± std over seeds), one row per setting: runs are seeds of one row only
-when they share the recipe, dataset, model, image size, schedule, epochs, batch size, learning rate and method."""
+when they share the recipe, dataset, model, image size, schedule, epochs, batch size, learning rate and method.
+
+Calibration columns: ECE with 15 equal-width bins (top label), the same with 15 equal-mass bins, the class-wise
+ECE (every class's probability, 15 equal-width bins), NLL, and ECE / NLL after temperature scaling, T fitted by NLL
+on the run's *validation* logits where the validation split supports it (`calibration.fit_temperature_checked`,
+else T = 1) and applied to the test logits. Runs archived before the equal-mass and class-wise ECE existed get them
+computed from their stored logits."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -11,7 +17,27 @@ from .rundir import RunDirError, finished_runs, load_run
 
 __all__ = ["collect", "summarize", "to_markdown", "to_csv", "METRIC_COLUMNS"]
 
-METRIC_COLUMNS = ("top1_err", "top5_err", "ece", "nll")
+METRIC_COLUMNS = ("top1_err", "top5_err", "ece", "ece_adaptive", "ece_classwise", "nll", "ece_ts", "nll_ts")
+_HEADS = ("top-1 err (%)", "top-5 err (%)", "ECE", "ECE eq-mass", "ECE class-wise", "NLL", "ECE @T", "NLL @T")
+EXPLAIN = ("Errors in %; ± is the sample std over seeds (no ± with one seed). ECE: top-label, 15 equal-width bins; "
+           "eq-mass: 15 equal-mass bins; class-wise: every class's probability, 15 equal-width bins. @T: after "
+           "temperature scaling with T fitted by NLL on the validation split (never on test), T = 1 where the "
+           "validation split has too few errors to support a fit.")
+
+
+def _scores(p: Path, split: str, metrics: dict) -> dict:
+    "The table's numbers for one run: stored metrics, plus what only the logits give (eq-mass, class-wise, @T)."
+    from .calibration import fit_temperature_checked
+    from .metrics.functional import adaptive_calibration_error, calibration_error, classwise_calibration_error, nll
+    from .rundir import load_logits
+    out = {k: metrics[k] for k in METRIC_COLUMNS if k in metrics}
+    z, y, _ = load_logits(p, split)
+    if "ece_adaptive" not in out: out["ece_adaptive"] = float(adaptive_calibration_error(z, y))
+    if "ece_classwise" not in out: out["ece_classwise"] = float(classwise_calibration_error(z, y))
+    vz, vy, _ = load_logits(p, "valid")
+    T = fit_temperature_checked(vz, vy).T
+    out.update(ece_ts=float(calibration_error(z / T, y)), nll_ts=float(nll(z / T, y)), T=T)
+    return out
 
 
 # What makes two runs seeds of one setting (facts of metrics.json); the first five are the table's columns.
@@ -28,7 +54,7 @@ def collect(paths: Iterable, split: str = "test") -> list[dict]:
         if split not in r.metrics: raise RunDirError(f"run dir {p}: metrics.json has no {split!r} split")
         facts = {k: f.get(k) for k in GROUP_FACTS} | dict(recipe=f.get("recipe", "?"), dataset=f.get("dataset", "?"),
                                                            model=f.get("model", "?"), method=r.label)
-        rows.append(dict(facts, seed=f.get("seed"), path=str(p), **{k: r.metrics[split][k] for k in METRIC_COLUMNS}))
+        rows.append(dict(facts, seed=f.get("seed"), path=str(p), **_scores(p, split, r.metrics[split])))
     return rows
 
 
@@ -55,19 +81,21 @@ def summarize(rows: list[dict]) -> list[dict]:
 
 
 def _fmt(r: dict, k: str) -> str:
+    "The mean, with ± the std over seeds when there is more than one seed."
     pct = k.endswith("_err")
     m, s = (100 * r[k], 100 * r[k + "_std"]) if pct else (r[k], r[k + "_std"])
-    return f"{m:.2f} ± {s:.2f}" if pct else f"{m:.4f} ± {s:.4f}"
+    spec = ".2f" if pct else ".4f"
+    return f"{m:{spec}} ± {s:{spec}}" if r["seeds"] > 1 else f"{m:{spec}}"
 
 
-def to_markdown(summary: list[dict]) -> str:
-    "Markdown table; errors in %, ECE and NLL as numbers; ± is the std over seeds."
-    head = "| recipe | dataset | model | method | epochs | seeds | top-1 err (%) | top-5 err (%) | ECE | NLL |"
+def to_markdown(summary: list[dict], explain: bool = True) -> str:
+    "Markdown table; errors in %, calibration numbers as such; ± is the std over seeds; a sentence on the columns."
+    head = "| recipe | dataset | model | method | epochs | seeds | " + " | ".join(_HEADS) + " |"
     lines = [head, "|---" * (head.count("|") - 1) + "|"]
     for r in summary:
         lines.append(f"| {r['recipe']} | {r['dataset']} | {r['model']} | {r['method']} | {r['epochs']} | {r['seeds']} | "
                      + " | ".join(_fmt(r, k) for k in METRIC_COLUMNS) + " |")
-    return "\n".join(lines)
+    return "\n".join(lines + (["", EXPLAIN] if explain else []))
 
 
 def to_csv(summary: list[dict], path: Path) -> None:

@@ -2,7 +2,11 @@
 from __future__ import annotations
 
 import inspect
-from typing import Callable, Union
+import warnings
+from typing import Callable, Optional, Union
+from urllib.error import URLError
+
+import torch
 
 import cloudpickle
 import fastai.callback.schedule  # noqa: F401  (patches fit_one_cycle / lr_find onto Learner)
@@ -33,7 +37,17 @@ def register_training_only(*cb_types: type) -> None:
 
 
 class CSKDLearner(Learner):
-    "A `Learner` whose `export` leaves out training-only callbacks and pickles as a plain fastai `Learner`."
+    """A `Learner` whose `export` leaves out training-only callbacks and pickles as a plain fastai `Learner`, and
+    which warns when `freeze`/`fine_tune` would freeze a randomly initialised body."""
+    pretrained_body: bool = True
+
+    def freeze_to(self, n):
+        if not self.pretrained_body and n != 0:
+            warnings.warn("freezing a randomly initialised body: only the head will train (the learner was built "
+                          "with pretrained=False); use fit/fit_one_cycle to train from scratch, or pretrained=True",
+                          UserWarning, stacklevel=2)
+        return super().freeze_to(n)
+
     def export(self, fname="export.pkl", pickle_module=cloudpickle, pickle_protocol=2):
         train_only = [cb for cb in self.cbs if isinstance(cb, TRAINING_ONLY_CALLBACKS)]
         self.remove_cbs(train_only)
@@ -52,12 +66,27 @@ def _n_in(dls: DataLoaders) -> int:
 _LEARNER_ARGS = set(inspect.signature(Learner.__init__).parameters) - {"self", "dls", "model"}
 
 
+def _weights_error(arch, e: BaseException) -> RuntimeError:
+    name = getattr(arch, "__name__", arch)
+    msg = " ".join(str(e).split())[:160]
+    return RuntimeError(f"could not get the pretrained weights of {name} ({type(e).__name__}: {msg}); pass "
+                        f"pretrained=False to train from scratch (recipes: model.pretrained: false), or put the weights "
+                        f"in torch's cache ({torch.hub.get_dir()}/checkpoints)")
+
+
 @delegates(vision_learner)
-def plain_learner(dls: DataLoaders, arch: Union[str, Callable, nn.Module], pretrained: bool = False,
+def plain_learner(dls: DataLoaders, arch: Union[str, Callable, nn.Module], pretrained: Optional[bool] = None,
                   **kwargs) -> CSKDLearner:
-    "A learner for `arch`: a paper-model name, an `nn.Module`, or anything `vision_learner` takes (torchvision/timm)."
+    """A learner for `arch`: a paper-model name, an `nn.Module`, or anything `vision_learner` takes (torchvision/timm).
+
+    `pretrained` follows `vision_learner` (True by default) for torchvision/timm architectures; the paper's models by
+    name (and an `nn.Module` you built) have no pretrained weights: they train from scratch, as in the paper."""
     from .models import PAPER_MODELS, create_paper_model
     if isinstance(arch, str) and arch in PAPER_MODELS or isinstance(arch, nn.Module):
+        if pretrained:
+            raise ValueError(f"the paper model {arch if isinstance(arch, str) else type(arch).__name__!r} has no "
+                             f"pretrained weights; pass a torchvision function (e.g. torchvision.models.resnet18) "
+                             f"for pretrained weights, or leave pretrained unset to train from scratch")
         n_out = kwargs.pop("n_out", None) or dls.c
         if isinstance(arch, nn.Module): model = arch
         else: model = create_paper_model(arch, num_classes=n_out, in_channels=kwargs.pop("n_in", None) or _n_in(dls))
@@ -67,15 +96,21 @@ def plain_learner(dls: DataLoaders, arch: Union[str, Callable, nn.Module], pretr
                              f"remove them or pass a torchvision/timm architecture")
         kwargs.setdefault("loss_func", CrossEntropyLossFlat())
         learn = Learner(dls, model, **kwargs)
+        body_pretrained = False
     else:
-        learn = vision_learner(dls, arch, pretrained=pretrained, **kwargs)
+        body_pretrained = True if pretrained is None else bool(pretrained)
+        try: learn = vision_learner(dls, arch, pretrained=body_pretrained, **kwargs)
+        except (OSError, URLError, RuntimeError) as e:   # no network, a proxy, a truncated download in the cache
+            if not body_pretrained: raise
+            raise _weights_error(arch, e) from None
     learn.__class__ = CSKDLearner
+    learn.pretrained_body = body_pretrained
     return learn
 
 
 @delegates(plain_learner)
 def cskd_learner(dls: DataLoaders, arch: Union[str, Callable, nn.Module], lam: LamSchedule = 1.0, temp: float = 4.0,
-                 lam_warmup: float = 0.0, pretrained: bool = False, cbs=None, **kwargs) -> CSKDLearner:
+                 lam_warmup: float = 0.0, pretrained: Optional[bool] = None, cbs=None, **kwargs) -> CSKDLearner:
     "A `vision_learner` (or paper model) trained with CS-KD: paired batches + the `CSKD` callback (λ, T, warm-up)."
     _check_lam(lam); _check_temp(temp); _check_warmup(lam_warmup)
     check_classes(dls)

@@ -55,7 +55,8 @@ class ModelCfg(_Strict):
     arch: str = Field(description="a paper model (cifar_resnet18, cifar_densenet121, resnet18, densenet121, "
                                   "small_cnn) or, with head: fastai, a torchvision name / 'timm:NAME'")
     head: Literal["paper", "fastai"] = "paper"
-    pretrained: bool = False
+    pretrained: Optional[bool] = Field(None, description="torchvision/timm weights (head: fastai); unset = "
+                                       "vision_learner's default (pretrained); the paper models have none")
 
     @model_validator(mode="after")
     def _exists(self):

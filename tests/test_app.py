@@ -125,6 +125,28 @@ class _Boom:
     def __reduce__(self): return (Path.touch, (Path(self.path),))
 
 
+@pytest.mark.parametrize("p,text", [(0.997, "99.7%"), (0.003, "0.3%"), (0.0004, "<0.1%"), (0.99996, ">99.9%"),
+                                    (0.5, "50.0%"), (0.0, "<0.1%"), (1.0, ">99.9%")])
+def test_probabilities_keep_useful_precision(p, text):
+    from cskd_fastai.app import fmt_prob
+    assert fmt_prob(p) == text
+
+
+def test_confidence_panel_precision_truth_and_unusual_input_hint(entries):
+    from cskd_fastai.app import confidence_markdown, unusual_confidence
+    e = entries[0]
+    z = torch.tensor([6.0, 0.0, -2.0])                       # confident: 99.7% / 0.2% / <0.1%
+    md = confidence_markdown(e, z, 1.0, k=3, true_class=e.classes[1])
+    assert "| cat | 99.7% |" in md.replace(e.classes[0], "cat") and "<0.1%" in md and "wrong" in md
+    assert "Unlike the training data" not in md
+    flat = torch.zeros(3)                                      # 33% each: below 99% of validation images
+    flag, floor = unusual_confidence(e, flat, 1.0)
+    assert flag and floor > 1 / 3
+    assert "Unlike the training data" in confidence_markdown(e, flat, 1.0)
+    ref = apply_temperature(e.valid[0], 1.0).amax(1)
+    assert floor == pytest.approx(float(torch.quantile(ref.double(), 0.01)))
+
+
 def test_duplicate_labels_get_told_apart(runs):
     a, b = load_models([runs[1], runs[1]])
     assert a.label != b.label
@@ -302,7 +324,7 @@ def test_server_predicts_through_gradio_client(runs, test_images, bad_inputs):
     argv = [sys.executable, str(DEMO), *map(str, runs), "--port", str(port)]
     with serve(argv, f"http://127.0.0.1:{port}/") as url:
         client = Client(url, verbose=False, analytics_enabled=False, download_files=False)
-        status, ce, cskd, ce_conf, cskd_conf = client.predict(handle_file(str(test_images[1])), 3, 1.0, 1.0,
+        status, ce, cskd, ce_conf, cskd_conf = client.predict(handle_file(str(test_images[1])), 3, 0.0, 0.0,
                                                               api_name="/predict")
         assert status.startswith("Predicted")
         for lab, conf in ((ce, ce_conf), (cskd, cskd_conf)):
@@ -311,9 +333,9 @@ def test_server_predicts_through_gradio_client(runs, test_images, bad_inputs):
             assert lab["label"] in TINY_CLASSES and f"**{lab['label']}**" in conf
         # bad uploads: a clear status line, no labels, and the server keeps serving
         for words in ("not an image", "corrupt or truncated"):
-            status, ce, *_ = client.predict(handle_file(str(bad_inputs[words])), 3, 1.0, 1.0, api_name="/predict")
+            status, ce, *_ = client.predict(handle_file(str(bad_inputs[words])), 3, 0.0, 0.0, api_name="/predict")
             assert words in status and not ce
-        status, ce, *_ = client.predict(handle_file(str(test_images[0])), 2, 1.0, 1.0, api_name="/predict")
+        status, ce, *_ = client.predict(handle_file(str(test_images[0])), 2, 0.0, 0.0, api_name="/predict")
         assert status.startswith("Predicted") and len(ce["confidences"]) == 2
         # a path on the server that no client uploaded: the same refusal whether the file exists (an image,
         # or not) or not, and no prediction
@@ -350,7 +372,7 @@ def _raw_predict(url: str, path: str) -> list:
     "POST /gradio_api/call/predict with a FileData naming a server path (what a hostile API client sends)."
     import urllib.request
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-    body = json.dumps({"data": [{"path": path, "meta": {"_type": "gradio.FileData"}}, 3, 1.0, 1.0]}).encode()
+    body = json.dumps({"data": [{"path": path, "meta": {"_type": "gradio.FileData"}}, 3, 0.0, 0.0]}).encode()
     req = urllib.request.Request(f"{url}gradio_api/call/predict", body, {"Content-Type": "application/json"})
     with opener.open(req, timeout=30) as r: event = json.loads(r.read())["event_id"]
     with opener.open(f"{url}gradio_api/call/predict/{event}", timeout=60) as r: text = r.read().decode()

@@ -4,6 +4,7 @@ Needs Debian's `chromium` + `chromium-driver` and pip `selenium`; skipped, sayin
 The screenshot lands in `test-artifacts/demo.png` at the repository root."""
 from __future__ import annotations
 
+import re
 import shutil
 import sys
 import tempfile
@@ -52,11 +53,19 @@ def browser():
         shutil.rmtree(profile, ignore_errors=True)
 
 
-def test_upload_shows_labels_in_chromium(tmp_path, browser):
+def _full_page(browser, width: int) -> None:
+    for _ in range(2):  # the page grows as it lays out at the new size: measure twice
+        height = browser.execute_script("return document.body.scrollHeight")
+        browser.set_window_size(width, min(max(height + 200, 800), 6000))
+
+
+@pytest.mark.parametrize("width,height", [(1280, 800), (390, 844)], ids=["desktop", "phone"])
+def test_upload_and_examples_in_chromium(tmp_path, browser, width, height):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
     from selenium.webdriver.support.ui import WebDriverWait
 
+    browser.set_window_size(width, height)
     runs = [make_tiny_run(tmp_path, "ce", seed=0), make_tiny_run(tmp_path, "cskd", seed=0)]
     image = tmp_path / "dog.png"  # a test image, enlarged so the screenshot shows it (the learner resizes it back)
     Image.open(sorted((tmp_path / "data" / "test" / "dog").glob("*.png"))[0]).resize((256, 256), Image.NEAREST).save(image)
@@ -66,6 +75,9 @@ def test_upload_shows_labels_in_chromium(tmp_path, browser):
         browser.get(url)
         upload = WebDriverWait(browser, 60).until(
             lambda d: d.find_elements(By.CSS_SELECTOR, "#image-input input[type=file]"))[0]
+        # 12: the examples are thumbnails (images), not text buttons
+        thumbs = WebDriverWait(browser, 30).until(lambda d: d.find_elements(By.CSS_SELECTOR, "#examples img"))
+        assert len(thumbs) >= 3 and all(t.get_attribute("src") for t in thumbs)
         upload.send_keys(str(image))
         labels = [browser.find_element(By.ID, f"label-{i}") for i in range(len(runs))]
         # rendered labels: each model's top class as heading plus one row per class with its percentage
@@ -73,17 +85,27 @@ def test_upload_shows_labels_in_chromium(tmp_path, browser):
             sum(c in lab.text for c in TINY_CLASSES) == len(TINY_CLASSES) and "%" in lab.text for lab in labels))
         status = browser.find_element(By.ID, "status").text
         confidence = browser.find_element(By.ID, "confidence-1").text
-        # set the first model's T by hand: its confidence line and its calibration table follow
+        # 10: probabilities with a decimal (or < / > at the ends), not whole percents
+        assert re.search(r"\d+\.\d%|<0\.1%|>99\.9%", confidence), confidence
+        # 11: the slider is log10 T around the default: typing 0 sets T = 1, and the panels follow
         box = browser.find_element(By.CSS_SELECTOR, "#temp-0 input[type=number]")
-        box.clear(); box.send_keys("1", Keys.TAB)
-        WebDriverWait(browser, 30).until(lambda d: "confident at T = 1 " in d.find_element(By.ID, "confidence-0").text
+        box.clear(); box.send_keys("0", Keys.TAB)
+        WebDriverWait(browser, 30).until(lambda d: "at T = 1 " in d.find_element(By.ID, "confidence-0").text
                                          and "T = 1 T = 1" in d.find_element(By.ID, "calibration-0").text)
-        for _ in range(2):  # the page grows as it lays out at the new size: measure twice
-            height = browser.execute_script("return document.body.scrollHeight")
-            browser.set_window_size(1400, min(max(height + 200, 1000), 4000))  # whole page, calibration panel too
+        # 12: picking an example shows its true class beside the predictions
+        thumbs = browser.find_elements(By.CSS_SELECTOR, "#examples img")
+        browser.execute_script("arguments[0].scrollIntoView(); arguments[0].click();", thumbs[0])
+        WebDriverWait(browser, 60).until(lambda d: "true class" in d.find_element(By.ID, "status").text)
+        ex_status = browser.find_element(By.ID, "status").text
+        assert any(c in ex_status for c in TINY_CLASSES)
+        WebDriverWait(browser, 30).until(lambda d: "True class:" in d.find_element(By.ID, "confidence-0").text)
+        # 13: the calibration plot is rendered large enough to read (at least most of the page's width)
+        plot = browser.find_element(By.CSS_SELECTOR, "#plot-0 img")
+        assert plot.size["width"] >= 0.6 * browser.execute_script("return document.body.clientWidth")
+        _full_page(browser, width)
         ARTIFACTS.mkdir(exist_ok=True)
-        assert browser.save_screenshot(str(ARTIFACTS / "demo.png"))
+        assert browser.save_screenshot(str(ARTIFACTS / f"demo-{width}.png"))
     assert status.startswith("Predicted")
-    assert "Top class" in confidence and "confident at T =" in confidence
+    assert "Top class" in confidence and "at T =" in confidence
     for lab in labels:
         assert lab.is_displayed() and lab.text.splitlines()[1] in TINY_CLASSES

@@ -61,7 +61,7 @@ def test_train_writes_complete_run_dirs(trained):
         d = runs / "tiny" / label / "seed0"
         for f in RUN_FILES: assert (d / f).exists(), f"{d} lacks {f}"
         m = json.loads((d / "metrics.json").read_text())
-        assert set(m["test"]) == {"top1_err", "top5_err", "ece", "nll", "brier"} and m["facts"]["n_test"] == 9
+        assert set(m["test"]) == {"top1_err", "top5_err", "ece", "ece_adaptive", "ece_classwise", "nll", "brier"} and m["facts"]["n_test"] == 9
         assert m["facts"]["selected_epoch"] == 2
         hist = (d / "history.csv").read_text().splitlines()
         assert len(hist) == 3

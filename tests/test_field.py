@@ -118,7 +118,8 @@ def test_compare_keeps_recipes_apart(tmp_path):
     assert all("| 1 |" in r for r in rows)                         # one seed each, not two averaged
     # same recipe name but another learning rate: two rows, told apart in the method cell
     base = dict(recipe="r", dataset="d", model="m", method="ce", epochs=3, image_size=16, schedule="paper", bs=4,
-                top1_err=0.1, top5_err=0.0, ece=0.1, nll=0.3)
+                top1_err=0.1, top5_err=0.0, ece=0.1, ece_adaptive=0.1, ece_classwise=0.01, nll=0.3, ece_ts=0.05,
+                nll_ts=0.25)
     s = summarize([base | dict(lr=0.1), base | dict(lr=0.01)])
     assert len(s) == 2 and {r["method"] for r in s} == {"ce [lr=0.1]", "ce [lr=0.01]"}
     assert "ce [lr=0.01]" in to_markdown(s)

@@ -172,7 +172,7 @@ def test_bins_agree_with_ece():
 def test_classification_metrics_keys_and_k_clipping():
     logits, targets = make_logits(0, 40, 3)
     m = classification_metrics(logits, targets)
-    assert list(m) == ["top1_err", "top5_err", "ece", "nll", "brier"]
+    assert list(m) == ["top1_err", "top5_err", "ece", "ece_adaptive", "ece_classwise", "nll", "brier"]
     assert all(isinstance(v, float) for v in m.values())
     assert m["top5_err"] == 0.0  # k = min(5, 3) = 3 classes: always a hit
     assert m["top1_err"] == pytest.approx(1 - (logits.argmax(1) == targets).double().mean().item())
@@ -301,3 +301,45 @@ def test_real_learner_validate_matches_functional(tmp_path):
     with loaded.no_bar(), loaded.no_logging():
         reloaded = loaded.validate(dl=dls.valid)
     assert list(reloaded[1:]) == pytest.approx(list(values[1:]), rel=1e-6)
+
+
+# ---- equal-mass and class-wise ECE, by hand ---------------------------------------------------------------------
+def _hand_adaptive(conf, correct, n_bins):
+    order = np.argsort(conf, kind="stable")
+    total = 0.0
+    for g in np.array_split(order, n_bins):
+        if len(g): total += len(g) * abs(correct[g].mean() - conf[g].mean())
+    return total / len(conf)
+
+
+def _hand_classwise(p, y, n_bins):
+    n, c = p.shape
+    total = 0.0
+    for k in range(c):
+        for b in range(n_bins):
+            lo, hi = b / n_bins, (b + 1) / n_bins
+            m = (p[:, k] >= lo) & ((p[:, k] < hi) if b < n_bins - 1 else (p[:, k] <= 1.0))
+            if m.any(): total += m.sum() / n * abs((y[m] == k).mean() - p[m, k].mean())
+    return total / c
+
+
+@pytest.mark.parametrize("seed,n,c,n_bins", [(0, 50, 4, 15), (1, 7, 3, 3), (2, 200, 10, 10), (3, 16, 2, 5)])
+def test_adaptive_and_classwise_ece_match_hand_computations(seed, n, c, n_bins):
+    from cskd_fastai.metrics import adaptive_calibration_error, classwise_calibration_error
+    logits, targets = make_logits(seed, n, c)
+    p = torch.softmax(logits.double(), 1).numpy()
+    y = targets.numpy()
+    conf, correct = p.max(1), (logits.double().argmax(1).numpy() == y).astype(float)
+    assert float(adaptive_calibration_error(logits, targets, n_bins)) == pytest.approx(
+        _hand_adaptive(conf, correct, n_bins), abs=1e-12)
+    assert float(classwise_calibration_error(logits, targets, n_bins)) == pytest.approx(
+        _hand_classwise(p, y, n_bins), abs=1e-12)
+
+
+def test_adaptive_ece_on_a_tiny_example():
+    "Four samples, two equal-mass bins: {0.6 wrong, 0.7 right}, {0.8 right, 0.9 right} -> (2|.5-.65| + 2|1-.85|)/4."
+    from cskd_fastai.metrics import adaptive_calibration_error
+    conf = torch.tensor([0.6, 0.7, 0.8, 0.9], dtype=torch.float64)
+    logits = torch.stack([torch.log(conf), torch.log(1 - conf)], 1)     # p(class 0) = conf
+    targets = torch.tensor([1, 0, 0, 0])
+    assert float(adaptive_calibration_error(logits, targets, 2)) == pytest.approx((2 * 0.15 + 2 * 0.15) / 4)

@@ -212,3 +212,27 @@ def test_classifier_of_looks_through_wrappers_and_falls_back():
     assert classifier_of(mlp) is mlp[2]
     with pytest.raises(TypeError):
         classifier_of(nn.Sequential(nn.Conv2d(3, 3, 1)))
+
+
+# ---- pretrained: vision_learner's default, said plainly when it cannot be had ------------------------------------
+def test_pretrained_follows_vision_learner_and_fails_in_one_line(image_folder, monkeypatch):
+    import torchvision
+    from urllib.error import URLError
+    from conftest import make_dls
+    from cskd_fastai import cskd_learner
+    dls = make_dls(image_folder)
+    calls = []
+    def no_network(*a, **k):
+        calls.append(a); raise URLError("[Errno -3] Temporary failure in name resolution")
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", no_network)
+    import torchvision.models._api as tv_api
+    monkeypatch.setattr(tv_api, "load_state_dict_from_url", no_network)
+    with pytest.raises(RuntimeError) as ei:
+        cskd_learner(dls, torchvision.models.resnet18)               # default: pretrained, as vision_learner
+    msg = str(ei.value)
+    assert calls and "\n" not in msg and "pretrained=False" in msg and "resnet18" in msg
+    learn = cskd_learner(dls, torchvision.models.resnet18, pretrained=False)
+    assert not learn.pretrained_body and len(calls) == 1
+    with pytest.warns(UserWarning, match="randomly initialised body"): learn.freeze()
+    with pytest.raises(ValueError, match="no pretrained weights"): cskd_learner(dls, "small_cnn", pretrained=True)
+    assert not cskd_learner(dls, "small_cnn").pretrained_body

@@ -59,9 +59,9 @@ def _names(values) -> list[str]:
 
 
 CIFAR100 = Layout("CIFAR-100", "<root>/cifar-100-python/{train,test,meta} (the extracted cifar-100-python.tar.gz)",
-                  "cifar-100-python/")
+                  "cifar-100-python/", download="cifar100")
 CIFAR10 = Layout("CIFAR-10", "<root>/cifar-10-batches-py/{data_batch_1..5,test_batch,batches.meta} "
-                 "(the extracted cifar-10-python.tar.gz)", "cifar-10-batches-py/")
+                 "(the extracted cifar-10-python.tar.gz)", "cifar-10-batches-py/", download="cifar10")
 
 
 @register("cifar100")

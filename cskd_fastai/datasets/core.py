@@ -99,13 +99,21 @@ def check_dataset(ds: ImageDataset) -> ImageDataset:
 # helpers shared by the loaders
 
 
+# datasets `cskd-fastai download` can fetch (cskd_fastai.download.SOURCES)
+DOWNLOADABLE = frozenset({"cifar10", "cifar100", "cub", "tinyimagenet", "dogs", "mit67"})
+
+
 class Layout:
     "What a loader expects: used to turn missing files into one-line `DatasetLayoutError`s."
-    def __init__(self, label: str, expected: str, holds: str):
-        self.label, self.expected, self.holds = label, expected, holds
+    def __init__(self, label: str, expected: str, holds: str, download: str | None = None):
+        self.label, self.expected, self.holds, self.download = label, expected, holds, download
+
+    @property
+    def fetch_hint(self) -> str:
+        return f"; or fetch it with `cskd-fastai download {self.download} --to DIR`" if self.download else ""
 
     def error(self, root: Path, what: str) -> DatasetLayoutError:
-        return DatasetLayoutError(f"{self.label} root {root}: {what}; expected {self.expected}")
+        return DatasetLayoutError(f"{self.label} root {root}: {what}; expected {self.expected}{self.fetch_hint}")
 
     def missing(self, root: Path, path: Path | str, kind: str = "") -> DatasetLayoutError:
         rel = _rel(path, root)
@@ -115,11 +123,11 @@ class Layout:
         "Validate that `root` was given and exists."
         if root is None or str(root) == "":
             raise DatasetLayoutError(f"{self.label} needs a data root (the folder that holds {self.holds}); "
-                                     f"pass it {ROOT_HINT}")
+                                     f"pass it {ROOT_HINT}{self.fetch_hint}")
         root = Path(root).expanduser()
         if not root.exists():
             raise DatasetLayoutError(f"{self.label} root {root} does not exist; pass the folder that holds "
-                                     f"{self.holds} {ROOT_HINT}")
+                                     f"{self.holds} {ROOT_HINT}{self.fetch_hint}")
         if not root.is_dir():
             raise DatasetLayoutError(f"{self.label} root {root} is not a directory; pass the folder that "
                                      f"holds {self.holds} {ROOT_HINT}")

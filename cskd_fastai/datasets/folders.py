@@ -56,7 +56,7 @@ def _folder_dataset(layout: Layout, name: str, root: Path, train_dir: Path, test
 
 # ----------------------------------------------------------------------------------------------------------
 TINY = Layout("Tiny-ImageNet", "tiny-imagenet-200/{wnids.txt,words.txt (optional),train/<wnid>/images/*.JPEG,"
-              "val/images/*.JPEG,val/val_annotations.txt}", "tiny-imagenet-200/")
+              "val/images/*.JPEG,val/val_annotations.txt}", "tiny-imagenet-200/", download="tinyimagenet")
 
 
 @register("tinyimagenet")
@@ -88,7 +88,7 @@ def load_tinyimagenet(root=None) -> ImageDataset:
 
 # ----------------------------------------------------------------------------------------------------------
 CUB = Layout("CUB", "CUB_200_2011/{images.txt,image_class_labels.txt,train_test_split.txt,classes.txt,images/}",
-             "CUB_200_2011/")
+             "CUB_200_2011/", download="cub")
 _CUB_PREFIX = re.compile(r"^\d+\.")
 
 
@@ -142,7 +142,7 @@ def load_cub(root=None) -> ImageDataset:
 
 # ----------------------------------------------------------------------------------------------------------
 DOGS = Layout("Stanford Dogs", "<root>/{Images/<wnid>-<breed>/*.jpg,lists/train_list.mat,lists/test_list.mat}",
-              "Images/ and lists/")
+              "Images/ and lists/", download="dogs")
 
 
 def _mat_str(x) -> str:
@@ -200,7 +200,7 @@ def load_dogs(root=None) -> ImageDataset:
 
 # ----------------------------------------------------------------------------------------------------------
 MIT67 = Layout("MIT Indoor-67", "<root>/{Images/<class>/*.jpg,TrainImages.txt,TestImages.txt}",
-               "Images/, TrainImages.txt and TestImages.txt")
+               "Images/, TrainImages.txt and TestImages.txt", download="mit67")
 
 
 @register("mit67")

@@ -22,7 +22,8 @@ import torch.nn.functional as F
 from torch import Tensor
 from torchmetrics.functional.classification.calibration_error import _ce_compute
 
-__all__ = ["calibration_bin_boundaries", "calibration_bins", "calibration_error",
+__all__ = ["calibration_bin_boundaries", "calibration_bins", "calibration_error", "adaptive_calibration_error",
+           "classwise_calibration_error",
            "calibration_error_from_confidences", "top_label_confidences", "top_k_error", "nll",
            "brier_score", "classification_metrics"]
 
@@ -116,6 +117,46 @@ def calibration_error(logits: Tensor, targets: Tensor, n_bins: int = 15) -> Tens
     return calibration_error_from_confidences(conf, correct, n_bins)
 
 
+def adaptive_calibration_error(logits: Tensor, targets: Tensor, n_bins: int = 15) -> Tensor:
+    """Top-label ECE with equal-mass bins (Nixon et al., "Measuring Calibration in Deep Learning", CVPR-W 2019):
+    samples sorted by confidence and split into `n_bins` groups of equal size (the first `N mod n_bins` groups one
+    larger, as `numpy.array_split`), then sum over groups of (size / N) * |accuracy - mean confidence|.
+    Unlike equal-width bins, no bin is empty and the crowded top bin of a confident network is split up."""
+    _check_n_bins(n_bins)
+    conf, correct = top_label_confidences(logits, targets)
+    order = torch.argsort(conf, stable=True)
+    conf, correct = conf[order], correct[order]
+    n = conf.numel()
+    sizes = [n // n_bins + (1 if k < n % n_bins else 0) for k in range(n_bins)]
+    total, start = conf.new_zeros(()), 0
+    for size in sizes:
+        if size:
+            total = total + size * (correct[start:start + size].mean() - conf[start:start + size].mean()).abs()
+        start += size
+    return total / n
+
+
+def classwise_calibration_error(logits: Tensor, targets: Tensor, n_bins: int = 15) -> Tensor:
+    """Class-wise ECE (Kumar, Liang, Ma, "Verified Uncertainty Calibration", NeurIPS 2019; the static calibration
+    error of Nixon et al. 2019): for every class k, the probability p_k of *every* sample is binned (equal-width,
+    this module's bins) and |frequency of y = k - mean p_k| weighted by bin size / N; the mean over classes.
+    It sees the whole predicted distribution, not only the top label."""
+    _check_logits_targets(logits, targets)
+    _check_n_bins(n_bins)
+    p = _upcast(logits.detach()).softmax(dim=1)
+    onehot = F.one_hot(targets.to(p.device).long(), p.shape[1]).to(p.dtype)
+    edges = calibration_bin_boundaries(n_bins, p.dtype, p.device)
+    idx = torch.bucketize(p, edges, right=True) - 1                      # (N, C) bin of each class probability
+    cls = torch.arange(p.shape[1], device=p.device).expand_as(idx)
+    flat = (cls * n_bins + idx).reshape(-1)                              # one (class, bin) cell per entry
+    cells = p.shape[1] * n_bins
+    count = torch.zeros(cells, dtype=p.dtype, device=p.device).index_add_(0, flat, torch.ones_like(p).reshape(-1))
+    hits = torch.zeros_like(count).index_add_(0, flat, onehot.reshape(-1))
+    mass = torch.zeros_like(count).index_add_(0, flat, p.reshape(-1))
+    # |sum(y) - sum(p)| per cell is |B| * |acc - conf|; / N per class, then the mean over classes
+    return (hits - mass).abs().sum() / (p.shape[0] * p.shape[1])
+
+
 def _top_k_correct(logits: Tensor, targets: Tensor, k: int) -> Tensor:
     "Per-sample bool: is the target among the top `k` classes (ties broken toward the lower class index)."
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
@@ -159,11 +200,15 @@ def brier_score(logits: Tensor, targets: Tensor) -> Tensor:
 
 
 def classification_metrics(logits: Tensor, targets: Tensor, n_bins: int = 15) -> dict[str, float]:
-    "`top1_err`, `top5_err` (k = min(5, C)), `ece`, `nll` and `brier` of raw `logits` as Python floats."
+    """`top1_err`, `top5_err` (k = min(5, C)), `ece` (top-label, `n_bins` equal-width bins), `ece_adaptive`
+    (top-label, `n_bins` equal-mass bins), `ece_classwise` (every class, `n_bins` equal-width bins), `nll` and
+    `brier` of raw `logits` as Python floats."""
     _check_logits_targets(logits, targets)
     _check_n_bins(n_bins)
     return {"top1_err": float(top_k_error(logits, targets, 1)),
             "top5_err": float(top_k_error(logits, targets, 5)),
             "ece": float(calibration_error(logits, targets, n_bins)),
+            "ece_adaptive": float(adaptive_calibration_error(logits, targets, n_bins)),
+            "ece_classwise": float(classwise_calibration_error(logits, targets, n_bins)),
             "nll": float(nll(logits, targets)),
             "brier": float(brier_score(logits, targets))}

@@ -1,0 +1,87 @@
+#!/usr/bin/env python
+"""Prepare what `bench/gpu_suite.py` carries to the GPU machine (Python 3.12, torch 2.11, no network, 64 MiB a call):
+
+    python bench/gpu_prepare.py [--cub ../shared/datasets/cub100] [--side 256] [--quality 90] [--limit-mb 56]
+
+* `.whl/`: wheels of the project's pure-Python dependencies the machine lacks (fastai and its fast* family,
+  pydantic), for CPython 3.12 manylinux, fetched with `pip download --no-deps`. fastprogress is pinned to 1.0.3:
+  1.1 imports python-fasthtml (a web framework and its dependencies) at import time.
+* `.gpu_data/cub100/`: the cub100 subset in the CUB layout, every image re-encoded with its shorter side at
+  `--side` px (never upscaled) and JPEG quality `--quality`. If wheels + images exceed `--limit-mb`, the quality is
+  lowered in steps of 5 (to 60 at the lowest) and then the side, and what was used is printed: state it with the
+  numbers (docs/performance.md).
+
+Then, on the device (the `run` tool, carry [".whl", ".gpu_data"]):
+
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \\
+      && PYTHONPATH=/tmp/site:$PWD python3 bench/gpu_suite.py --out $OUT --budget-s 480
+"""
+from __future__ import annotations
+
+import argparse
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+WHEELS = ["fastai==2.8.12", "fastcore==2.2.41", "fastprogress==1.0.3", "fastdownload==0.0.8", "fasttransform==0.0.5",
+          "plum-dispatch==2.9.0", "beartype==0.23.1", "pydantic==2.14.4", "pydantic-core==2.50.5",
+          "annotated-types==0.8.0", "typing-inspection==0.4.5"]
+PLATFORMS = ["manylinux_2_28_x86_64", "manylinux_2_27_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64",
+             "manylinux1_x86_64", "any"]
+
+
+def wheels(dest: Path) -> int:
+    dest.mkdir(exist_ok=True)
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--python-version", "3.12",
+           "--implementation", "cp", "-d", str(dest)] + [a for p in PLATFORMS for a in ("--platform", p)] + WHEELS
+    subprocess.run(cmd, check=True)
+    return sum(f.stat().st_size for f in dest.glob("*.whl"))
+
+
+def reencode(src: Path, dst: Path, side: int, quality: int) -> int:
+    "Copy the CUB metadata and re-encode every image of `src` (a CUB_200_2011 folder) into `dst`; returns bytes."
+    if dst.exists(): shutil.rmtree(dst)
+    (dst / "images").mkdir(parents=True)
+    for f in src.glob("*.txt"): shutil.copy2(f, dst / f.name)
+    total = 0
+    for f in (src / "images").rglob("*"):
+        if not f.is_file(): continue
+        out = dst / "images" / f.relative_to(src / "images")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with Image.open(f) as im:
+            im = im.convert("RGB")
+            s = side / min(im.size)
+            if s < 1: im = im.resize((max(1, round(im.width * s)), max(1, round(im.height * s))), Image.BILINEAR)
+            im.save(out, "JPEG", quality=quality)
+        total += out.stat().st_size
+    return total + sum(f.stat().st_size for f in dst.glob("*.txt"))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--cub", type=Path, default=ROOT.parent / "shared" / "datasets" / "cub100")
+    ap.add_argument("--side", type=int, default=256)
+    ap.add_argument("--quality", type=int, default=90)
+    ap.add_argument("--limit-mb", type=float, default=56.0, help="wheels + images must stay under this")
+    ap.add_argument("--no-wheels", action="store_true")
+    a = ap.parse_args()
+    wb = 0 if a.no_wheels else wheels(ROOT / ".whl")
+    print(f"wheels: {wb / 2**20:.1f} MiB in .whl/")
+    src = a.cub / "CUB_200_2011" if (a.cub / "CUB_200_2011").is_dir() else a.cub
+    dst = ROOT / ".gpu_data" / "cub100" / "CUB_200_2011"
+    side, q = a.side, a.quality
+    while True:
+        ib = reencode(src, dst, side, q)
+        print(f"cub100 re-encoded: shorter side {side} px, JPEG quality {q}: {ib / 2**20:.1f} MiB")
+        if (ib + wb) / 2**20 <= a.limit_mb: break
+        if q > 60: q -= 5
+        else: side = int(side * 0.875)
+    print(f"carry: .whl + .gpu_data = {(ib + wb) / 2**20:.1f} MiB (limit {a.limit_mb} MiB of the 64 MiB per call)")
+
+
+if __name__ == "__main__":
+    main()

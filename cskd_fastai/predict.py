@@ -1,0 +1,100 @@
+"""`cskd-fastai predict`: batch inference with a finished run, at its calibrated temperature.
+
+    >>> rows = predict_files("runs/cub/cskd-lam3-T4/seed0", ["photos/"], k=5, temperature="fitted")
+    >>> rows[0]["top"]            # [(class, probability), ...], most probable first
+
+Images are decoded one by one with the demo's safe decoder (an unreadable file becomes an `error` in its row and
+the batch goes on), then run through the learner's own validation pipeline in batches. The temperature is the
+demo's: fitted on the run's validation logits where the validation data supports it, else 1
+(`calibration.fit_temperature_checked`), or 1 (`none`), or a number.
+"""
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+from typing import Callable, Iterable, Optional, Sequence, Union
+
+__all__ = ["find_images", "predict_files", "write_csv", "format_rows", "parse_temperature"]
+
+
+def find_images(paths: Iterable) -> list[Path]:
+    "Image files named, or found (recursively, sorted) inside named folders; a missing path is one `ValueError`."
+    from .datasets.core import is_image
+    out = []
+    for p in map(Path, paths):
+        if p.is_dir(): out += sorted(f for f in p.rglob("*") if f.is_file() and is_image(f.name))
+        elif p.exists(): out.append(p)
+        else: raise ValueError(f"{p} does not exist; pass image files or folders that hold them")
+    if not out: raise ValueError(f"no image files (jpg, jpeg, png, bmp, webp) in {[str(p) for p in paths]}")
+    return out
+
+
+def parse_temperature(value: Union[str, float]) -> Union[str, float]:
+    "'fitted', 'none' or a positive number."
+    if isinstance(value, str) and value.lower() in ("fitted", "none"): return value.lower()
+    try: t = float(value)
+    except (TypeError, ValueError): t = float("nan")
+    if not (math.isfinite(t) and t > 0):
+        raise ValueError(f"--temperature must be 'fitted', 'none' or a number > 0, got {value!r}")
+    return t
+
+
+def predict_files(run_dir, paths: Sequence, k: int = 5, temperature: Union[str, float] = "fitted", bs: int = 64,
+                  progress: Optional[bool] = None, on_batch: Optional[Callable[[int, int], None]] = None) -> list[dict]:
+    """One row per image: `path`, `top` ([(class, prob)] at T, `k` of them), `T`, `error` (None, or why the file
+    could not be used). Images are listed with `find_images`."""
+    import sys
+    import torch
+    from fastcore.basics import noop
+    from .app import load_model
+    from .calibration import apply_temperature
+    from .images import safe_image
+    if isinstance(k, bool) or int(k) != k or k < 1: raise ValueError(f"--top-k must be a positive integer, got {k!r}")
+    temperature = parse_temperature(temperature)
+    files = find_images(paths)
+    entry = load_model(run_dir)
+    T = entry.temperature if temperature == "fitted" else 1.0 if temperature == "none" else float(temperature)
+    learn, k = entry.learn, min(int(k), len(entry.classes))
+    rows = [dict(path=str(f), top=[], T=T, error=None) for f in files]
+    chunks = [list(range(i, min(i + bs, len(files)))) for i in range(0, len(files), bs)]
+    if progress is None: progress = sys.stdout.isatty()
+    it = chunks
+    if progress:
+        from fastprogress.fastprogress import progress_bar
+        it = progress_bar(chunks, leave=False)
+    for n, idx in enumerate(it):
+        imgs, ok = [], []
+        for i in idx:
+            try: imgs.append(safe_image(files[i])); ok.append(i)
+            except ValueError as e: rows[i]["error"] = str(e)
+        if imgs:
+            dl = learn.dls.test_dl(imgs, bs=len(imgs), num_workers=0)
+            with learn.no_bar(), learn.no_logging(), torch.inference_mode():
+                logits, _ = learn.get_preds(dl=dl, act=noop)
+            probs = apply_temperature(logits.float(), T)
+            p, c = probs.topk(k, dim=1)
+            for j, i in enumerate(ok):
+                rows[i]["top"] = [(entry.classes[int(ci)], float(pi)) for pi, ci in zip(p[j], c[j])]
+        if on_batch: on_batch(n + 1, len(chunks))
+    return rows
+
+
+def format_rows(rows: list[dict]) -> str:
+    "A Markdown table: path, top-k 'class (prob%)', T."
+    lines = ["| image | prediction (probability at T) | T |", "|---|---|---|"]
+    for r in rows:
+        pred = r["error"] and f"unreadable: {r['error']}" or ", ".join(f"{c} ({100 * p:.1f}%)" for c, p in r["top"])
+        lines.append(f"| {r['path']} | {pred} | {r['T']:.3g} |")
+    return "\n".join(lines)
+
+
+def write_csv(rows: list[dict], path) -> None:
+    "One row per image: path, class_1, prob_1, ..., class_k, prob_k, temperature, error."
+    k = max((len(r["top"]) for r in rows), default=0)
+    cols = ["path"] + [f"{w}_{i}" for i in range(1, k + 1) for w in ("class", "prob")] + ["temperature", "error"]
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f); w.writerow(cols)
+        for r in rows:
+            top = [v for c, p in r["top"] for v in (c, f"{p:.6f}")] + [""] * (2 * (k - len(r["top"])))
+            w.writerow([r["path"], *top, f"{r['T']:.6g}", r["error"] or ""])
