@@ -34,9 +34,11 @@ def _seconds(t: str) -> float:
     return sum(p * 60 ** i for i, p in enumerate(reversed(parts)))
 
 
-def run(recipe: Path, data_root: str, method: str, cache: str, epochs: int, out: Path, threads: int) -> dict:
+def run(recipe: Path, data_root: str, method: str, cache: str, epochs: int, out: Path, threads: int,
+        workers: int | None = None) -> dict:
     args = ["train", str(recipe), "--data-root", data_root, "--out", str(out), "--only", method, "--no-progress",
             "--set", f"train.epochs={epochs}", "--set", f"train.cache={cache}", "--set", "seeds=[0]"]
+    if workers is not None: args += ["--set", f"train.workers={workers}"]
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), PYTHONUNBUFFERED="1")
     t0 = time.time()
     r = subprocess.run([sys.executable, "-c", CHILD, *args], capture_output=True, text=True, env=env, cwd=ROOT)
@@ -47,7 +49,7 @@ def run(recipe: Path, data_root: str, method: str, cache: str, epochs: int, out:
     build = re.search(r"ready in ([\d.]+)s", r.stdout)
     rss = int(re.search(r"MAXRSS_KB (\d+)", r.stdout).group(1)) / 1024
     err = json.loads(next(out.rglob("metrics.json")).read_text())["test"]["top1_err"]
-    return dict(method=method, cache=cache, epoch_times=times, first=times[0],
+    return dict(method=method, cache=cache, workers=workers, epoch_times=times, first=times[0],
                 later_median=statistics.median(times[1:]) if len(times) > 1 else times[0],
                 build_s=float(build.group(1)) if build else 0.0, peak_rss_mb=round(rss), wall_s=round(wall, 1),
                 test_top1_err=err)
@@ -61,6 +63,7 @@ def main() -> None:
     ap.add_argument("--methods", default="ce,cskd-lam3-T4")
     ap.add_argument("--caches", default="none,memory,disk")
     ap.add_argument("--threads", type=int, default=2, help="torch threads per run (OMP_NUM_THREADS)")
+    ap.add_argument("--workers", type=int, default=None, help="override train.workers (default: the recipe's)")
     ap.add_argument("--json", type=Path)
     a = ap.parse_args()
     rows = []
@@ -68,9 +71,11 @@ def main() -> None:
         for method in a.methods.split(","):
             for cache in a.caches.split(","):
                 out = Path(tmp) / f"{method}-{cache}"
-                rows.append(run(a.recipe, a.data_root, method, cache, a.epochs, out, a.threads))
+                rows.append(run(a.recipe, a.data_root, method, cache, a.epochs, out, a.threads, a.workers))
                 print(f"{method:>16} {cache:>6}: epochs {rows[-1]['epoch_times']} s, peak RSS "
                       f"{rows[-1]['peak_rss_mb']} MB", flush=True)
+    workers = "the recipe's" if a.workers is None else a.workers
+    print(f"\nloader workers: {workers}; torch threads {a.threads}")
     print("\n| method | cache | build (s) | 1st epoch (s) | later epochs, median (s) | speed-up vs none | peak RSS (MB) | test top-1 err |")
     print("|---|---|---|---|---|---|---|---|")
     for r in rows:

@@ -15,7 +15,8 @@ from fastai.learner import Metric
 from fastai.torch_core import find_bs
 
 from .data import PairedDL, paired_dls
-from .losses import class_wise_kd
+from .losses import class_wise_kd, decoupled_kd, informativeness
+from .losses.softened_kl import softened_kl_per_sample
 
 __all__ = ["CSKD", "LamSchedule", "warmup_schedule"]
 
@@ -59,13 +60,29 @@ class _TrainStat(Metric):
     def name(self): return self.key
 
 
+VARIANTS = ("published", "decoupled", "gated", "in_batch")
+
+
 class CSKD(Callback):
-    "Class-wise self-knowledge distillation: CE on anchors + λ·T²·KL(partner ‖ anchor), partners under no_grad."
+    """Class-wise self-knowledge distillation: CE on anchors + λ·T²·KL(partner ‖ anchor), partners under no_grad.
+
+    `variant` (the published loss by default; the others are this project's, measured in docs/results.md):
+    * 'decoupled': λ·T²·(tckd_weight·TCKD + nckd_weight·NCKD) of KL(partner ‖ anchor) (`losses.decoupled`): with
+      tckd_weight 0 the class-similarity part stays and the confidence penalty of unfit partners goes.
+    * 'gated': each anchor's KD term times the partner's informativeness 1 - H(p_partner^T)/log C.
+    * 'in_batch': no separate partner pass: one forward over the 2B paired images, CE on all of them, and the
+      KD term between the two members of each pair in both directions, the target side detached."""
     order, run_valid = min(MixUp.order, CutMix.order) - 1, False  # split the batch before MixUp/CutMix mix it
 
-    def __init__(self, lam: LamSchedule = 1.0, temp: float = 4.0, lam_warmup: float = 0.0, log_stats: bool = True):
+    def __init__(self, lam: LamSchedule = 1.0, temp: float = 4.0, lam_warmup: float = 0.0, log_stats: bool = True,
+                 variant: str = "published", tckd_weight: float = 0.0, nckd_weight: float = 1.0):
         _check_lam(lam); _check_temp(temp); _check_warmup(lam_warmup)
+        if variant not in VARIANTS: raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
+        for w, n in ((tckd_weight, "tckd_weight"), (nckd_weight, "nckd_weight")):
+            if isinstance(w, bool) or not isinstance(w, (int, float)) or not math.isfinite(w) or w < 0:
+                raise ValueError(f"{n} must be a finite number >= 0, got {w!r}")
         self.lam, self.temp, self.lam_warmup, self.log_stats = lam, float(temp), float(lam_warmup), log_stats
+        self.variant, self.tckd_weight, self.nckd_weight = variant, float(tckd_weight), float(nckd_weight)
         self._restore_dls, self._sums, self._stat_mets = None, None, []
 
     # ---- λ schedule -------------------------------------------------------------------------------
@@ -104,17 +121,32 @@ class CSKD(Callback):
             if y.dim() == 1 and not torch.equal(y[:b], y[b:]):
                 raise ValueError("CSKD: partner labels differ from anchor labels; the train loader is not a PairedDL")
             self._first_batch = False
+        if self.variant == "in_batch": return   # one forward over anchors and partners together
         self.partner_xb = tuple(x[b:] for x in self.xb)
         self.learn.xb = tuple(x[:b] for x in self.xb)
         self.learn.yb = tuple(y[:b] for y in self.yb)
 
     def after_pred(self):
+        if self.variant == "in_batch": return
         # Separate forward, same network in train mode: partners get their own BatchNorm statistics and no graph
         with torch.no_grad(): self.partner_pred = self.learn.model(*self.partner_xb)
 
+    def _kd(self):
+        "The KD term of this variant (for 'in_batch' it also sets the partner logits the statistics describe)."
+        if self.variant == "in_batch":
+            b = self.pred.shape[0] // 2
+            a, p = self.pred[:b], self.pred[b:]
+            self.partner_pred = p.detach()
+            return 0.5 * (class_wise_kd(a, p, self.temp) + class_wise_kd(p, a, self.temp))   # targets detached
+        if self.variant == "published": return class_wise_kd(self.pred, self.partner_pred, self.temp)
+        if self.variant == "decoupled":
+            return decoupled_kd(self.pred, self.partner_pred, self.yb[0], self.temp, self.tckd_weight, self.nckd_weight)
+        w = informativeness(self.partner_pred, self.temp)   # gated
+        return (w * softened_kl_per_sample(self.pred, self.partner_pred, self.temp)).mean()
+
     def after_loss(self):
         lam = self.lam_at(self.pct_train)
-        kd = class_wise_kd(self.pred, self.partner_pred, self.temp)
+        kd = self._kd()
         ce = self.learn.loss.detach()
         self.learn.loss_grad = self.learn.loss_grad + lam * kd   # what is backpropagated
         self.learn.loss = ce + lam * kd.detach()                 # what Recorder logs
@@ -125,9 +157,9 @@ class CSKD(Callback):
     # ---- statistics -------------------------------------------------------------------------------
     @torch.no_grad()
     def _accumulate(self, ce, kd, lam):
-        b = self.pred.shape[0]
+        b = self.partner_pred.shape[0]
         pp = F.softmax(self.partner_pred.float(), -1)
-        pa = F.softmax(self.pred.detach().float(), -1)
+        pa = F.softmax(self.pred.detach()[:b].float(), -1)
         pt = F.softmax(self.partner_pred.float() / self.temp, -1)
         ent = -(pt * pt.clamp_min(1e-12).log()).sum(-1)
         row = torch.stack([ce.float() * b, kd.float() * b, pp.max(-1)[0].sum(), ent.sum(), pa.max(-1)[0].sum(),

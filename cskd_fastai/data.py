@@ -13,7 +13,7 @@ import torch
 from fastcore.basics import chunked
 from fastai.data.core import DataLoaders, TfmdDL
 
-__all__ = ["PairedDL", "paired_dls", "dataset_labels", "ClassIndex", "check_classes"]
+__all__ = ["PairedDL", "paired_dls", "IndexedDL", "dataset_labels", "ClassIndex", "check_classes"]
 
 
 def _as_int(label) -> int:
@@ -132,6 +132,22 @@ class PairedDL(TfmdDL):
         b = tuple(t[order] for t in b)
         kwargs.setdefault("nrows", n); kwargs.setdefault("ncols", 2)
         return super().show_batch(b=b, max_n=2 * n, ctxs=ctxs, show=show, unique=unique, **kwargs)
+
+
+class IndexedDL(TfmdDL):
+    """A `TfmdDL` whose training items carry their dataset index as a last element: `(x, y, i)`. Methods with
+    per-sample state (PS-KD's last-epoch predictions) read it; the index travels through workers and collation like
+    a label. Derived loaders (valid, test, `get_preds`, exports) are plain."""
+    def create_item(self, s):
+        item = super().create_item(s)
+        return None if item is None else (*item, s)
+
+    @classmethod
+    def from_dl(cls, dl: TfmdDL, **kwargs) -> "IndexedDL":
+        return TfmdDL.new(dl, cls=cls, **kwargs)
+
+    def new(self, dataset=None, cls=None, **kwargs):
+        return super().new(dataset, cls=TfmdDL if cls is None else cls, **kwargs)
 
 
 def check_classes(dls: DataLoaders) -> None:
