@@ -87,7 +87,7 @@ def env(dry: bool) -> dict:
                            capture_output=True, text=True, timeout=20)
         out["driver"] = q.stdout.strip() or None
     except (OSError, subprocess.TimeoutExpired): out["driver"] = None
-    out["bf16_matmul_tflops"] = round(bf16_peak(dry), 2)
+    out["bf16_matmul_tflops"] = round(bf16_peak(dry), 6)
     return out
 
 
@@ -119,11 +119,13 @@ def throughput(args, budget: Budget, share: float) -> list[dict]:
         from cskd_fastai.datasets import load_dataset
         real = load_dataset("cub", args.data)
         if args.dry_run: real = T.limit_dataset(real, 4, 5)
+    # a dry run times each (config, source) once, in one variant (the cached one on real images): CPU minutes matter
+    dry = {("r18b32", "synthetic"): "fp32 eager", ("cifar", "synthetic"): "fp32 eager",
+           ("r18b32", "real"): "bf16+cl+cache+gpu_aug"}
     for variant, opts in VARIANTS.items():
         for cfg, src in plan:
             if opts.get("cache") and src != "real": continue
-            if args.dry_run and opts.get("compile"):   # inductor on 2 CPU cores takes minutes; tests/test_speed covers it
-                rows.append(dict(config=cfg, source=src, variant=variant, skipped="dry run: compile not timed")); continue
+            if args.dry_run and dry.get((cfg, src)) != variant: continue
             if budget.elapsed() > deadline:
                 rows.append(dict(config=cfg, source=src, variant=variant, skipped="budget spent")); continue
             a = T.parse_args((["--quick"] if args.dry_run else []) + ["--rounds", "1" if args.dry_run else "3"])
@@ -172,8 +174,8 @@ def kd_under_bf16(dry: bool) -> dict:
     from throughput import synthetic_data, synthetic_dls
     cuda = torch.cuda.is_available()
     device = torch.device("cuda" if cuda else "cpu")
-    x, y = synthetic_data(64 if dry else 512, 10, 32)
-    dls = synthetic_dls(x, y, 16, 16, True, device)
+    x, y = synthetic_data(32 if dry else 512, 10, 16 if dry else 32)
+    dls = synthetic_dls(x, y, 8, 8 if dry else 64, True, device)
     seen = []
     stock = C.class_wise_kd
     def recording(a, p, T):
@@ -192,14 +194,17 @@ def kd_under_bf16(dry: bool) -> dict:
                 def after_pred(self): self.learn.pred = self.pred.float()
                 def after_loss(self): self.ac.__exit__(None, None, None)
             mp = mp_cls()
-        learn = cskd_learner(dls, "cifar_resnet18", lam=1.0, temp=4.0, cbs=[mp], opt_func=SGD, lr=0.05)
+        learn = cskd_learner(dls, "small_cnn" if dry else "cifar_resnet18", lam=1.0, temp=4.0, cbs=[mp], opt_func=SGD,
+                             lr=0.05)
         learn.model.to(device)
         with learn.no_bar(), learn.no_logging(): learn.fit(1)
     finally:
         C.class_wise_kd = stock
-    rel = [abs(kd - ref) / max(abs(ref), 1e-3) for _, kd, _, ref in seen]
-    return dict(steps=len(seen), partner_dtype=seen[0][0] if seen else None, max_rel_err_vs_fp64=max(rel) if rel else None,
-                tolerance=1e-4, ok=bool(rel) and max(rel) < 1e-4)
+    # float32 KD on bf16 logits: T² = 16 times float32 rounding of a log-softmax, a few 1e-6; bf16 math: 1e-3 and up
+    excess = [abs(kd - ref) - (3e-5 + 1e-4 * abs(ref)) for _, kd, _, ref in seen]
+    return dict(steps=len(seen), partner_dtype=seen[0][0] if seen else None,
+                max_abs_err_vs_fp64=max(abs(kd - ref) for _, kd, _, ref in seen) if seen else None,
+                tolerance="3e-5 + 1e-4 x |KD|", ok=bool(seen) and max(excess) <= 0)
 
 
 def nccl_one_epoch(dry: bool, timeout: float) -> dict:
@@ -232,7 +237,8 @@ def paper_cub(args, seconds: float) -> dict:
     for method in ("ce", "cskd-lam3-T4"):
         with tempfile.TemporaryDirectory() as d:
             sets = ["--set", "train.workers=" + ("0" if args.dry_run else str(min(8, os.cpu_count() or 1)))]
-            if args.dry_run: sets += ["--set", "dataset.image_size=32", "--set", "train.bs=4", "--set", "train.epochs=2"]
+            if args.dry_run: sets += ["--set", "dataset.image_size=32", "--set", "train.bs=4", "--set", "train.epochs=1",
+                                      "--set", "dataset.valid_pct=0.5"]   # the tiny replica has few images per class
             else: sets += ["--set", "train.mixed_precision=bf16", "--set", "train.channels_last=true",
                            "--set", "train.cache=memory"]
             cmd = [sys.executable, "-m", "cskd_fastai", "train", str(ROOT / "recipes" / "cub.yaml"), "--data-root",
@@ -272,7 +278,7 @@ def markdown(res: dict) -> str:
                      f"{r['kd_over_ce']:.2f} | {r['kd_vs_ref']:.2f} | {m['ce']:.2f} / {m['cskd']:.2f} / {m['ref']:.2f} |")
     lines += ["", f"**Headline**: CS-KD/CE time {h.get('cskd_over_ce')} (target <= 1.40); CS-KD/reference anchor "
               f"img/s {h.get('cskd_over_ref')} (target >= 3; {h.get('best_variant')}); {h.get('achieved_tflops')} TFLOP/s "
-              f"= {h.get('bf16_peak_fraction')} of the measured bf16 peak.", ""]
+              f"= {h.get('bf16_peak_fraction')} of the measured bf16 matmul peak.", ""]
     s = res["smoke"]
     lines.append(f"**Smoke**: KD under bf16: {s['kd_bf16']}; one epoch through torchrun "
                  f"({s['nccl'].get('backend')}): ok={s['nccl'].get('ok')} in {s['nccl'].get('seconds')} s.")

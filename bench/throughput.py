@@ -146,7 +146,7 @@ def _recipe(arch: str, size: int, bs: int, augment: str, method: str, args) -> R
     "The recipe `train.build_dls` / `train.build_learner` get: what `cskd-fastai train` would build."
     return Recipe.model_validate(dict(
         name="bench", dataset=dict(name="imagefolder", image_size=size, valid_pct=args.valid_pct), model=dict(arch=arch),
-        methods=[dict(name=method, lam=LAM, temp=TEMP)],
+        methods=[dict(name=method, lam=LAM, temp=TEMP) if method == "cskd" else dict(name=method)],
         train=dict(epochs=1, bs=bs, lr=LR, optimizer="sgd", momentum=0.9, wd=1e-4, schedule="constant",
                    augment=augment, mixed_precision=args.mixed_precision, channels_last=args.channels_last,
                    compile=args.compile, gpu_augment=args.gpu_augment, workers=args.workers,

@@ -174,11 +174,11 @@ def _embedding_module(model: nn.Module) -> nn.Linear:
     Paper models and torchvision ResNet/DenseNet: `models.classifier_of`. fastai `vision_learner` models are
     `Sequential(body, head)` whose head ends with the classifier Linear: the last `nn.Linear` of the model.
     """
-    from .models import _HEAD_ATTRS, classifier_of
+    from .models import HEAD_ATTRS, classifier_of
     model = _unwrap(model)
     # a known family keeps its head under a known attribute; anything else (vision_learner's Sequential, timm
     # heads inside a wrapper) has the classifier as its last registered Linear, which is `classifier_of`'s fallback
-    if any(isinstance(getattr(model, a, None), nn.Linear) for a in _HEAD_ATTRS):
+    if any(isinstance(getattr(model, a, None), nn.Linear) for a in HEAD_ATTRS):
         return classifier_of(model)
     linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
     if not linears:

@@ -29,7 +29,7 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from .images import IMAGE_FORMATS, MAX_PIXELS, MAX_SIDE, _one_line, safe_image
+from .images import IMAGE_FORMATS, MAX_PIXELS, MAX_SIDE, one_line, safe_image
 from .calibration import (MIN_ERRORS, TemperatureFit, apply_temperature, confidence_histogram, fit_temperature_checked,
                           reliability_diagram)
 from .metrics.functional import calibration_error, nll
@@ -104,15 +104,14 @@ def run_facts(recipe: dict, metrics: dict) -> dict:
     meth = methods[0] if isinstance(methods, list) and methods and isinstance(methods[0], dict) else {}
     train = recipe.get("train") or {}
     method = _first(facts.get("method"), meth.get("name"))
-    is_cskd = method == "cskd"
     return {
         "label": _first(facts.get("label"), meth.get("label")),
         "dataset": _first(facts.get("dataset"), ds.get("name") if isinstance(ds, dict) else ds),
         "model": _first(facts.get("model"), model.get("arch") if isinstance(model, dict) else model),
         "method": method,
-        # λ and the KD temperature only mean something for CS-KD runs
-        "lam": _first(facts.get("lam"), meth.get("lam")) if is_cskd else None,
-        "temp": _first(facts.get("temp"), meth.get("temp")) if is_cskd else None,
+        # a method's own hyperparameters come from the facts `train` records for it (None where it has none)
+        "lam": facts.get("lam"),
+        "temp": facts.get("temp"),
         "epochs": _first(facts.get("epochs"), train.get("epochs") if isinstance(train, dict) else None),
         "seed": _first(facts.get("seed"), (recipe.get("seeds") or [None])[0]),
         "test_top1_err": (metrics.get("test") or {}).get("top1_err"),
@@ -450,7 +449,7 @@ def build_demo(run_dirs: Sequence, k: int = 5, n_examples: int = 6):
                 return [f"**Cannot use this upload:** {err}"] + [None] * n + [""] * n + [None]
             except Exception as err:  # a model that fails on one input must not take the app down
                 log.exception("prediction failed")
-                return [f"**Prediction failed:** {type(err).__name__}: {_one_line(err)}"] + [None] * n + [""] * n + [None]
+                return [f"**Prediction failed:** {type(err).__name__}: {one_line(err)}"] + [None] * n + [""] * n + [None]
             try: truth = example_class.get(hashlib.sha1(Path(path).read_bytes()).hexdigest())
             except OSError: truth = None
             state = {"logits": logits, "true": truth}

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .metrics.functional import (_check_logits_targets, _check_n_bins, calibration_bins,
+from .metrics.functional import (check_logits_targets, check_n_bins, calibration_bins,
                                  calibration_error_from_confidences, top_label_confidences)
 
 __all__ = ["fit_temperature", "TemperatureFit", "fit_temperature_checked", "MIN_ERRORS", "apply_temperature", "bin_stats", "reliability_diagram", "confidence_histogram"]
@@ -28,7 +28,7 @@ _LOG_T_BOUND = math.log(1e3)
 
 def fit_temperature(logits: Tensor, targets: Tensor, max_iter: int = 100) -> float:
     "Temperature T > 0 minimising the NLL of `softmax(logits / T)`, fitted by LBFGS over log T (T in [1e-3, 1e3])."
-    _check_logits_targets(logits, targets)
+    check_logits_targets(logits, targets)
     if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 1:
         raise ValueError(f"expected max_iter to be a positive int, got {max_iter!r}")
     # float64 on CPU: one scalar parameter, so precision and determinism matter more than speed
@@ -81,7 +81,7 @@ def fit_temperature_checked(logits: Tensor, targets: Tensor, min_errors: int = M
     Trusted when (1) there are at least `min_errors` misclassified validation samples and (2) a `k`-fold
     cross-validation agrees: T fitted on k-1 folds lowers the held-out fold's NLL against T = 1, summed over the
     folds. Otherwise T = 1 (the model as trained) and `reason` says which test failed."""
-    _check_logits_targets(logits, targets)
+    check_logits_targets(logits, targets)
     z, y = logits.detach().cpu().double(), targets.detach().cpu().long()
     n, n_err = int(y.numel()), int((z.argmax(-1) != y).sum())
     fitted = fit_temperature(z, y)
@@ -115,7 +115,7 @@ def apply_temperature(logits: Tensor, T: float) -> Tensor:
 
 def bin_stats(logits: Tensor, targets: Tensor, n_bins: int = 15) -> dict:
     "Per-bin `count`, `accuracy`, `confidence` (NaN when empty), the bin `edges` and the `ece`, as NumPy/floats."
-    _check_n_bins(n_bins)
+    check_n_bins(n_bins)
     conf, correct = top_label_confidences(logits, targets)
     count, acc, mean_conf = calibration_bins(conf, correct, n_bins)
     return {"edges": np.linspace(0.0, 1.0, n_bins + 1),  # nominal edges; the last bin includes 1.0

@@ -15,6 +15,7 @@ from fastai.learner import Metric
 from fastai.torch_core import find_bs
 
 from .data import PairedDL, paired_dls
+from .methods.base import check_temp
 from .losses import class_wise_kd, decoupled_kd, informativeness
 from .losses.softened_kl import softened_kl_per_sample
 
@@ -32,9 +33,7 @@ def _check_lam(lam) -> None:
         raise ValueError(f"lam must be a finite number >= 0 or a schedule callable of training progress, got {lam!r}")
 
 
-def _check_temp(temp) -> None:
-    if isinstance(temp, bool) or not isinstance(temp, (int, float)) or not math.isfinite(temp) or temp <= 0:
-        raise ValueError(f"temp must be a finite number > 0 (the paper uses 4), got {temp!r}")
+def _check_temp(temp) -> None: check_temp(temp)   # one rule for every method's temperature
 
 
 def _check_warmup(warmup) -> None:
@@ -77,6 +76,9 @@ class CSKD(Callback):
     def __init__(self, lam: LamSchedule = 1.0, temp: float = 4.0, lam_warmup: float = 0.0, log_stats: bool = True,
                  variant: str = "published", tckd_weight: float = 0.0, nckd_weight: float = 1.0):
         _check_lam(lam); _check_temp(temp); _check_warmup(lam_warmup)
+        if callable(lam) and lam_warmup > 0:
+            raise ValueError("pass either a λ schedule (e.g. warmup_schedule(lam, w)) or lam_warmup, not both: they "
+                             "would multiply")
         if variant not in VARIANTS: raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
         for w, n in ((tckd_weight, "tckd_weight"), (nckd_weight, "nckd_weight")):
             if isinstance(w, bool) or not isinstance(w, (int, float)) or not math.isfinite(w) or w < 0:

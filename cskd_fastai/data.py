@@ -140,7 +140,7 @@ class IndexedDL(TfmdDL):
     a label. Derived loaders (valid, test, `get_preds`, exports) are plain."""
     def create_item(self, s):
         item = super().create_item(s)
-        return None if item is None else (*item, s)
+        return None if item is None else (*item, 0 if s is None else s)   # s is None in fastai's one-pass probe
 
     @classmethod
     def from_dl(cls, dl: TfmdDL, **kwargs) -> "IndexedDL":

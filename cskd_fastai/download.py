@@ -168,8 +168,8 @@ def download_dataset(name: str, to, progress: Optional[bool] = None, keep_archiv
                      log: Callable[[str], None] = print):
     "Download, verify and extract `name` into `to`; returns the loaded `ImageDataset` (the layout check)."
     from .datasets import load_dataset
-    from .datasets.core import _canonical
-    key = _canonical(name)
+    from .datasets.core import canonical_name
+    key = canonical_name(name)
     if key not in SOURCES:
         raise DownloadError(f"no download for {name!r}; available: {', '.join(sorted(SOURCES))} (ImageNet needs a "
                             f"licence: get it from image-net.org)")

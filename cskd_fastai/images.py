@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-__all__ = ["safe_image", "to_rgb", "verify_image", "MAX_PIXELS", "MAX_SIDE", "IMAGE_FORMATS"]
+__all__ = ["safe_image", "to_rgb", "verify_image", "one_line", "MAX_PIXELS", "MAX_SIDE", "IMAGE_FORMATS"]
 
 # Refused outright: decoding alone would cost seconds and hundreds of MB per request (a 40 MP RGB image is 120 MB).
 MAX_PIXELS = 40_000_000
@@ -21,7 +21,8 @@ MAX_SIDE = 1024
 IMAGE_FORMATS = ("PNG", "JPEG", "GIF", "BMP", "WEBP", "TIFF")
 
 
-def _one_line(e: BaseException) -> str:
+def one_line(e: BaseException) -> str:
+    "An exception's message on one line (or its type's name)."
     return " ".join(str(e).split()) or type(e).__name__
 
 
@@ -40,15 +41,15 @@ def _open(src, name: str) -> Image.Image:
     except UnidentifiedImageError:
         raise ValueError(f"{name} is not an image (expected one of {', '.join(IMAGE_FORMATS)})") from None
     except Image.DecompressionBombError as e:
-        raise ValueError(f"{name} is too large to decode safely: {_one_line(e)}") from None
+        raise ValueError(f"{name} is too large to decode safely: {one_line(e)}") from None
     except OSError as e:
-        raise ValueError(f"cannot read {name}: {_one_line(e)}") from None
+        raise ValueError(f"cannot read {name}: {one_line(e)}") from None
     _check_pixels(im, name)  # from the header: refuse before decoding
     try:
         im.draft("RGB", (MAX_SIDE, MAX_SIDE))  # JPEG: decode at a reduced scale right away (a no-op elsewhere)
         im.load()
     except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as e:
-        raise ValueError(f"{name} is corrupt or truncated ({_one_line(e)})") from None
+        raise ValueError(f"{name} is corrupt or truncated ({one_line(e)})") from None
     return im
 
 
@@ -106,7 +107,7 @@ def safe_image(obj) -> Image.Image:
         im = im.copy()  # thumbnail works in place: never resize the caller's image
         im.thumbnail((MAX_SIDE, MAX_SIDE), Image.Resampling.BILINEAR)
     try: return to_rgb(im)
-    except Exception as e: raise ValueError(f"cannot convert the {im.mode} image to RGB: {_one_line(e)}") from None
+    except Exception as e: raise ValueError(f"cannot convert the {im.mode} image to RGB: {one_line(e)}") from None
 
 
 def verify_image(path) -> None:
@@ -116,7 +117,7 @@ def verify_image(path) -> None:
     with open(p, "rb") as f:
         try: im = Image.open(f)
         except UnidentifiedImageError: raise ValueError(f"{p} is not an image Pillow can read") from None
-        except (OSError, SyntaxError, ValueError) as e: raise ValueError(f"{p} is corrupt or truncated ({_one_line(e)})") from None
+        except (OSError, SyntaxError, ValueError) as e: raise ValueError(f"{p} is corrupt or truncated ({one_line(e)})") from None
         try: im.load()
         except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as e:
-            raise ValueError(f"{p} is corrupt or truncated ({_one_line(e)})") from None
+            raise ValueError(f"{p} is corrupt or truncated ({one_line(e)})") from None

@@ -20,7 +20,10 @@ from fastai.vision.learner import vision_learner
 from fastcore.meta import delegates
 from torch import nn
 
-from .callback import CSKD, LamSchedule, _check_lam, _check_temp, _check_warmup
+from .callback import CSKD, LamSchedule
+from .progress import quiet_fill_check
+
+quiet_fill_check()   # no stray '█' from fastprogress in logs and terminals
 from .data import check_classes, paired_dls
 from .teacher import TeacherKD
 
@@ -112,8 +115,8 @@ def plain_learner(dls: DataLoaders, arch: Union[str, Callable, nn.Module], pretr
 def cskd_learner(dls: DataLoaders, arch: Union[str, Callable, nn.Module], lam: LamSchedule = 1.0, temp: float = 4.0,
                  lam_warmup: float = 0.0, pretrained: Optional[bool] = None, cbs=None, **kwargs) -> CSKDLearner:
     "A `vision_learner` (or paper model) trained with CS-KD: paired batches + the `CSKD` callback (λ, T, warm-up)."
-    _check_lam(lam); _check_temp(temp); _check_warmup(lam_warmup)
+    cskd = CSKD(lam=lam, temp=temp, lam_warmup=lam_warmup)   # validates λ, T and the warm-up before any work
     check_classes(dls)
     dls = paired_dls(dls)
-    cbs = L(cbs) + [CSKD(lam=lam, temp=temp, lam_warmup=lam_warmup)]
+    cbs = L(cbs) + [cskd]
     return plain_learner(dls, arch, pretrained=pretrained, cbs=cbs, **kwargs)

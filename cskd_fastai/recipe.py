@@ -2,24 +2,16 @@
 from __future__ import annotations
 
 import copy
-import re
 from pathlib import Path
 from typing import Literal, Optional, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from .methods import METHODS, Method, safe_component
+
 __all__ = ["Recipe", "RecipeError", "load_recipe", "apply_overrides", "Method", "DatasetCfg", "ModelCfg", "TrainCfg",
            "safe_component"]
-
-_COMPONENT = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.+=-]{0,99}")
-
-
-def safe_component(s: str) -> Optional[str]:
-    """`s` if it is one safe path component (letters, digits, `_ . + = -`, not starting with a dot, no `..`), else
-    None. Recipe names and method labels become folders under --out: they must never climb out of it."""
-    return s if isinstance(s, str) and _COMPONENT.fullmatch(s) and ".." not in s else None
-
 
 def _component(v: Optional[str]) -> Optional[str]:
     if v is not None and safe_component(v) is None:
@@ -63,31 +55,6 @@ class ModelCfg(_Strict):
         from .models import resolve_arch
         resolve_arch(self.arch, self.head)   # `check` then catches a typo or a missing package, not epoch 0
         return self
-
-
-class Method(_Strict):
-    name: Literal["ce", "label_smoothing", "cskd"]
-    label: Optional[str] = Field(None, description="name of this method's runs (default derived)")
-    lam: float = Field(1.0, ge=0, description="CS-KD weight λ")
-    temp: float = Field(4.0, gt=0, description="CS-KD temperature T")
-    lam_warmup: float = Field(0.0, ge=0, le=1, description="linear warm-up of λ over this fraction of training")
-    smoothing: float = Field(0.1, ge=0, lt=1, description="label_smoothing ε")
-    mix: Optional[Literal["mixup", "cutmix"]] = None
-    mix_alpha: float = Field(1.0, gt=0)
-    teacher: Optional[str] = Field(None, description="run dir of an exported teacher: adds standard KD")
-    teacher_weight: float = Field(1.0, ge=0)
-    teacher_temp: float = Field(4.0, gt=0)
-
-    _label_safe = field_validator("label")(classmethod(lambda cls, v: _component(v)))
-
-    @property
-    def run_label(self) -> str:
-        if self.label: return self.label
-        s = {"ce": "ce", "label_smoothing": f"ls{self.smoothing:g}",
-             "cskd": f"cskd-lam{self.lam:g}-T{self.temp:g}" + (f"-wu{self.lam_warmup:g}" if self.lam_warmup else "")}[self.name]
-        if self.mix: s += f"+{self.mix}"
-        if self.teacher: s += "+teacher"
-        return s
 
 
 class TrainCfg(_Strict):
@@ -152,7 +119,11 @@ class Recipe(_Strict):
 
 def _fmt_error(src: str, e: ValidationError) -> str:
     err = e.errors()[0]
-    key = ".".join(str(p) for p in err["loc"]) or "(top level)"
+    loc = list(err["loc"])
+    # pydantic names the union member in the location (methods.0.cskd.temp): users wrote methods.0.temp
+    if len(loc) > 2 and loc[0] == "methods" and isinstance(loc[1], int) and isinstance(loc[2], str) \
+            and loc[2] in {m.model_fields["name"].default for m in METHODS}: del loc[2]
+    key = ".".join(str(p) for p in loc) or "(top level)"
     msg = err["msg"]
     if err["type"] == "extra_forbidden": msg = "unknown key (check its spelling against recipes/*.yaml)"
     elif err["type"] == "missing": msg = "required key is missing"

@@ -74,7 +74,7 @@ def test_training_crops_follow_random_resized_crop(cub, tmp_path):
     data = load_dataset("cub", cub)
     items = list(data.train.items)
     cache = build_cache(items, cache_side(16, "resized_crop_flip"), "rrc", "memory", log=lambda m: None)
-    assert cache.side == 32 and cache.images.dtype == np.uint8
+    assert cache.side == 24 and cache.images.dtype == np.uint8             # 16 + fastai's val_xtra margin (8)
     assert tuple(cache.sizes[0]) == Image.open(items[0]).size        # the original (w, h) is kept for the geometry
     crop = CachedCrop(cache, 16)
     outs = [crop(0, split_idx=0) for _ in range(20)]
@@ -125,4 +125,4 @@ def test_memory_and_disk_train_the_same_run_and_the_export_reads_files(cub, tmp_
             got = json.loads(out[out.index("{"):])["test"]
             for k in got: assert got[k] == pytest.approx(results[where][k], abs=1e-6), (where, k)
     assert results["memory"] == results["disk"]          # the same arrays, the same run
-    assert (tmp_path / "o" / ".cache").is_dir() and list((tmp_path / "o" / ".cache").glob("cub-rrc32-*.npy"))
+    assert (tmp_path / "o" / ".cache").is_dir() and list((tmp_path / "o" / ".cache").glob("cub-rrc24-*.npy"))

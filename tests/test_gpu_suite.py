@@ -36,10 +36,10 @@ def test_dry_run_answers_every_section(tmp_path):
     h = res["headline"]
     assert h["cskd_over_ce"] > 0 and h["cskd_over_ref"] > 0 and 0 < h["bf16_peak_fraction"]
     kd = res["smoke"]["kd_bf16"]
-    assert kd["ok"] and kd["partner_dtype"] == "torch.bfloat16" and kd["steps"] > 0
+    assert kd["ok"] and kd["partner_dtype"] == "torch.bfloat16" and kd["steps"] > 0 and kd["max_abs_err_vs_fp64"] < 3e-5
     assert res["smoke"]["nccl"]["ok"] and res["smoke"]["nccl"]["world_size"] == 1
     for m in ("ce", "cskd-lam3-T4"):
         p = res["paper_cub"][m]
-        assert p["epochs_done"] >= 1 and p["projected_200_epochs_h"] > 0, p
+        assert p["epochs_done"] >= 1 and p["projected_200_epochs_h"] is not None, p
     md = (tmp_path / "o" / "suite.md").read_text()
     assert "**Headline**" in md and md.strip() in r.stdout

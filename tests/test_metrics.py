@@ -255,7 +255,7 @@ def test_metrics_pickle_roundtrip():
 
 
 def test_metric_names_and_torchmetrics_class():
-    assert [m.name for m in cskd_metrics()] == ["top1_err", "top5_err", "ece", "nll", "brier"]
+    assert [m.name for m in cskd_metrics()] == ["top1_err", "top5_err", "ece", "ece_adaptive", "ece_classwise", "nll", "brier"]
     assert [TopKError(3).name, NLL().name, Brier().name, ECE().name] == ["top3_err", "nll", "brier", "ece"]
     logits, targets = make_logits(2, 90, 5)
     tm = TopLabelCalibrationError(n_bins=15)
@@ -271,6 +271,7 @@ def test_real_learner_validate_matches_functional(tmp_path):
     from fastai.learner import Learner, load_learner
     from fastai.torch_core import noop
     from torch import nn
+    import fastai.callback.progress  # noqa: F401  (patches Learner.no_bar, as fastai.vision.all does)
 
     g = torch.Generator().manual_seed(0)
     x = torch.randn(229, 8, generator=g)

@@ -49,6 +49,13 @@ class PSKD(Callback):
         if self.store is None or self.store.shape != (n, c):   # kept across fits (and restored on --resume)
             self.store = torch.zeros(n, c, dtype=self.store_dtype, device=dev)
             self.seen = torch.zeros(n, dtype=torch.bool, device=dev)
+        self.store, self.seen = self.store.to(dev), self.seen.to(dev)
+
+    def state_dict(self) -> dict:
+        return {} if self.store is None else dict(store=self.store.cpu(), seen=self.seen.cpu())
+
+    def load_state_dict(self, st: dict) -> None:
+        if st: self.store, self.seen = st["store"], st["seen"]
 
     def after_fit(self):
         if self._restore is not None: (self.learn.dls, self.learn.loss_func), self._restore = self._restore, None

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 __all__ = ["ImageSplit", "ImageDataset", "DatasetLayoutError", "DATASETS", "load_dataset", "register", "check_dataset",
-           "IMAGE_EXTENSIONS"]
+           "IMAGE_EXTENSIONS", "canonical_name"]
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp"})
 ROOT_HINT = "with --data-root DIR or dataset.root in the recipe"
@@ -61,13 +61,14 @@ def register(name: str):
     return deco
 
 
-def _canonical(name: str) -> str:
+def canonical_name(name: str) -> str:
+    "A dataset name as the registry spells it: lower case, '-' as '_'."
     return str(name).strip().lower().replace("-", "_")
 
 
 def load_dataset(name: str, root: str | Path | None = None, **kwargs) -> ImageDataset:
     "Load dataset `name` from its official layout under `root`; extra keywords go to that loader."
-    key = _canonical(name)
+    key = canonical_name(name)
     if key not in DATASETS:
         raise ValueError(f"unknown dataset {name!r}; known: {', '.join(sorted(DATASETS))}")
     return check_dataset(DATASETS[key](root, **kwargs))

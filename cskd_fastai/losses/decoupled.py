@@ -53,4 +53,4 @@ def informativeness(target_logits: Tensor, temp: float) -> Tensor:
     "Per-sample 1 - H(softmax(target/T)) / log C in [0, 1]: 0 for a uniform target, 1 for a one-hot one."
     lp = F.log_softmax(_upcast(target_logits.detach()) / temp, -1)
     h = -(lp.exp() * lp).sum(-1)
-    return (1 - h / torch.log(torch.tensor(float(lp.shape[-1]), device=lp.device))).clamp(0, 1)
+    return (1 - h / torch.log(torch.tensor(float(lp.shape[-1]), dtype=lp.dtype, device=lp.device))).clamp(0, 1)

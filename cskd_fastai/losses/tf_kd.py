@@ -18,25 +18,30 @@ from torch import Tensor, nn
 __all__ = ["designed_teacher", "tf_kd_loss", "TfKDLoss"]
 
 
-def designed_teacher(labels: Tensor, n_classes: int, a: float = 0.9) -> Tensor:
+def designed_teacher(labels: Tensor, n_classes: int, a: float = 0.9, dtype: torch.dtype = torch.float32) -> Tensor:
     "p_d: `a` on the true class, (1 - a)/(K - 1) elsewhere."
-    p = torch.full((labels.shape[0], n_classes), (1 - a) / max(n_classes - 1, 1), device=labels.device)
+    p = torch.full((labels.shape[0], n_classes), (1 - a) / max(n_classes - 1, 1), device=labels.device, dtype=dtype)
     return p.scatter(1, labels.long()[:, None], a)
 
 
-def tf_kd_loss(logits: Tensor, labels: Tensor, a: float = 0.9, temp: float = 20.0, alpha: float = 0.1) -> Tensor:
-    "(1 - alpha)·CE + alpha·KL_batchmean(softmax(p_d/T) ‖ softmax(logits)), in at least float32."
+def tf_kd_loss(logits: Tensor, labels: Tensor, a: float = 0.9, temp: float = 20.0, alpha: float = 0.1,
+               reduction: str = "mean") -> Tensor:
+    """(1 - alpha)·CE + alpha·KL(softmax(p_d/T) ‖ softmax(logits)) per sample, in at least float32, then the batch
+    mean (`reduction='mean'`), sum or none (MixUp/CutMix ask for per-sample losses)."""
     z = logits.to(torch.promote_types(logits.dtype, torch.float32))
-    teacher = F.softmax(designed_teacher(labels, z.shape[1], a).to(z.dtype) / temp, dim=1)
-    kd = F.kl_div(F.log_softmax(z, dim=1), teacher, reduction="batchmean")
-    return (1 - alpha) * F.cross_entropy(z, labels.long()) + alpha * kd
+    teacher = F.softmax(designed_teacher(labels, z.shape[1], a, z.dtype) / temp, dim=1)
+    kd = (teacher * (teacher.log() - F.log_softmax(z, dim=1))).sum(1)
+    per = (1 - alpha) * F.cross_entropy(z, labels.long(), reduction="none") + alpha * kd
+    return per.mean() if reduction == "mean" else per.sum() if reduction == "sum" else per
 
 
 class TfKDLoss(nn.Module):
     "`tf_kd_loss` as a fastai loss function (composes with MixUp/CutMix, which mix two such losses)."
+    y_int = True   # MixUp/CutMix: mix the losses of the two labels, never the integer labels themselves
     def __init__(self, a: float = 0.9, temp: float = 20.0, alpha: float = 0.1):
         super().__init__()
         self.a, self.temp, self.alpha = a, temp, alpha
-    def forward(self, logits: Tensor, labels: Tensor) -> Tensor: return tf_kd_loss(logits, labels, self.a, self.temp, self.alpha)
+    def forward(self, logits: Tensor, labels: Tensor, reduction: str = "mean") -> Tensor:
+        return tf_kd_loss(logits, labels, self.a, self.temp, self.alpha, reduction)
     def activation(self, x: Tensor) -> Tensor: return F.softmax(x, dim=-1)
     def decodes(self, x: Tensor) -> Tensor: return x.argmax(dim=-1)

@@ -2,7 +2,7 @@
 refused), its run label, and what it contributes to the learner (loss, callbacks, paired batches, sample ids)."""
 from __future__ import annotations
 
-from typing import Optional
+from typing import ClassVar, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -44,9 +44,9 @@ class MethodBase(Strict):
     teacher_weight: float = Field(1.0, ge=0)
     teacher_temp: float = Field(4.0, gt=0)
 
-    paired = False       # batches of B anchors + B same-class partners (PairedDL)
-    needs_ids = False    # each sample's dataset index travels with its label (per-sample state, e.g. PS-KD)
-    mixable = True       # composes with MixUp/CutMix
+    paired: ClassVar[bool] = False       # batches of B anchors + B same-class partners (PairedDL)
+    needs_ids: ClassVar[bool] = False    # each sample's dataset index travels with its label (per-sample state, e.g. PS-KD)
+    mixable: ClassVar[bool] = True       # composes with MixUp/CutMix
 
     @field_validator("label")
     @classmethod

@@ -8,16 +8,18 @@ torchmetrics `Metric`. All objects are plain picklable Python, as `Learner.expor
 """
 from __future__ import annotations
 
+import torch
 from fastai.learner import Metric
 from fastai.torch_core import to_detach
 from torch import Tensor
 from torchmetrics import Metric as TMMetric
 from torchmetrics.utilities import dim_zero_cat
 
-from .functional import (_brier_per_sample, _check_logits_targets, _check_n_bins, _nll_per_sample,
-                         _top_k_correct, _upcast, calibration_error_from_confidences, top_label_confidences)
+from .functional import (_brier_per_sample, check_logits_targets, check_n_bins, _nll_per_sample,
+                         _top_k_correct, _upcast, adaptive_calibration_error_from_confidences,
+                         calibration_error_from_confidences, classwise_bins, top_label_confidences)
 
-__all__ = ["TopLabelCalibrationError", "TopKError", "NLL", "Brier", "ECE", "cskd_metrics"]
+__all__ = ["TopLabelCalibrationError", "TopKError", "NLL", "Brier", "ECE", "AdaptiveECE", "ClasswiseECE", "cskd_metrics"]
 
 
 class TopLabelCalibrationError(TMMetric):
@@ -35,7 +37,7 @@ class TopLabelCalibrationError(TMMetric):
 
     def __init__(self, n_bins: int = 15, **kwargs):
         super().__init__(**kwargs)
-        _check_n_bins(n_bins)
+        check_n_bins(n_bins)
         self.n_bins = n_bins
         self.add_state("confidences", [], dist_reduce_fx="cat")
         self.add_state("accuracies", [], dist_reduce_fx="cat")
@@ -56,7 +58,7 @@ def _batch(learn) -> tuple[Tensor, Tensor]:
     "Detached logits and targets of the current batch (gathered across processes under DDP, as `AccumMetric` does)."
     detach = getattr(learn, "to_detach", to_detach)  # a stand-in `learn` (tests, custom loops) may not have it
     pred, targ = detach(learn.pred), detach(learn.yb[0])
-    _check_logits_targets(pred, targ)
+    check_logits_targets(pred, targ)
     return pred, targ
 
 
@@ -106,7 +108,7 @@ class Brier(_StreamingMean):
 class ECE(Metric):
     "Top-label expected calibration error with `n_bins` equal-width bins (`ece`), wrapping `TopLabelCalibrationError`."
     def __init__(self, n_bins: int = 15):
-        _check_n_bins(n_bins)
+        check_n_bins(n_bins)
         self.n_bins = n_bins
         # fastai's `to_detach` already gathered every process's batch; a second sync in compute would double count
         self.metric = TopLabelCalibrationError(n_bins, sync_on_compute=False)
@@ -128,6 +130,40 @@ class ECE(Metric):
     def __repr__(self) -> str: return f"ECE(n_bins={self.n_bins})"
 
 
+class AdaptiveECE(ECE):
+    "Top-label ECE with `n_bins` equal-mass bins (`ece_adaptive`); keeps one confidence per sample, as `ECE`."
+    @property
+    def value(self) -> float | None:
+        if not self.count: return None
+        m = self.metric
+        return float(adaptive_calibration_error_from_confidences(dim_zero_cat(m.confidences), dim_zero_cat(m.accuracies),
+                                                                 self.n_bins))
+    @property
+    def name(self) -> str: return "ece_adaptive"
+    def __repr__(self) -> str: return f"AdaptiveECE(n_bins={self.n_bins})"
+
+
+class ClasswiseECE(Metric):
+    "Class-wise ECE (`ece_classwise`) from per-(class, bin) sums that stream exactly: no per-sample state."
+    def __init__(self, n_bins: int = 15): check_n_bins(n_bins); self.n_bins = n_bins; self.reset()
+    def reset(self) -> None: self.sums, self.n, self.c = None, 0, 0
+
+    def accumulate(self, learn) -> None:
+        pred, targ = _batch(learn)
+        cells = torch.stack(classwise_bins(pred, targ, self.n_bins))
+        self.sums = cells if self.sums is None else self.sums + cells
+        self.n, self.c = self.n + targ.shape[0], pred.shape[1]
+
+    @property
+    def value(self) -> float | None:
+        if not self.n: return None
+        count, hits, mass = self.sums
+        return float((hits - mass).abs().sum() / (self.n * self.c))
+    @property
+    def name(self) -> str: return "ece_classwise"
+    def __repr__(self) -> str: return f"ClasswiseECE(n_bins={self.n_bins})"
+
+
 def cskd_metrics(n_bins: int = 15) -> list:
-    "Fresh `[top1_err, top5_err, ece, nll, brier]` metrics for a CS-KD `Learner`."
-    return [TopKError(1), TopKError(5), ECE(n_bins), NLL(), Brier()]
+    "Fresh `[top1_err, top5_err, ece, ece_adaptive, ece_classwise, nll, brier]` metrics for a CS-KD `Learner`."
+    return [TopKError(1), TopKError(5), ECE(n_bins), AdaptiveECE(n_bins), ClasswiseECE(n_bins), NLL(), Brier()]

@@ -22,13 +22,14 @@ import torch.nn.functional as F
 from torch import Tensor
 from torchmetrics.functional.classification.calibration_error import _ce_compute
 
-__all__ = ["calibration_bin_boundaries", "calibration_bins", "calibration_error", "adaptive_calibration_error",
+__all__ = ["check_logits_targets", "check_n_bins", "calibration_bin_boundaries", "classwise_bins",
+           "adaptive_calibration_error_from_confidences", "calibration_bins", "calibration_error", "adaptive_calibration_error",
            "classwise_calibration_error",
            "calibration_error_from_confidences", "top_label_confidences", "top_k_error", "nll",
            "brier_score", "classification_metrics"]
 
 
-def _check_logits_targets(logits: Tensor, targets: Tensor) -> None:
+def check_logits_targets(logits: Tensor, targets: Tensor) -> None:
     "Raise a one-line `ValueError` unless `logits` is float `(N, C)` and `targets` integer `(N,)` in `[0, C)`."
     if not isinstance(logits, Tensor) or not isinstance(targets, Tensor):
         raise ValueError(f"expected torch Tensors, got {type(logits).__name__} and {type(targets).__name__}")
@@ -47,7 +48,7 @@ def _check_logits_targets(logits: Tensor, targets: Tensor) -> None:
         raise ValueError(f"expected targets in [0, {logits.shape[1]}), got values in [{lo}, {hi}]")
 
 
-def _check_n_bins(n_bins: int) -> None:
+def check_n_bins(n_bins: int) -> None:
     if isinstance(n_bins, bool) or not isinstance(n_bins, int) or n_bins < 1:
         raise ValueError(f"expected n_bins to be a positive int, got {n_bins!r}")
 
@@ -59,7 +60,7 @@ def _upcast(x: Tensor) -> Tensor:
 
 def top_label_confidences(logits: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
     "Per-sample top-label confidence (max softmax prob) and correctness (1.0/0.0) of the argmax prediction."
-    _check_logits_targets(logits, targets)
+    check_logits_targets(logits, targets)
     logits = _upcast(logits.detach())
     # the prediction is the argmax of the *logits* (first index on ties, like `top_k_error`), so rounding in
     # softmax can't create new ties; the confidence is the max prob, whichever index carries it
@@ -71,7 +72,7 @@ def top_label_confidences(logits: Tensor, targets: Tensor) -> tuple[Tensor, Tens
 def calibration_bin_boundaries(n_bins: int, dtype: torch.dtype = torch.float64,
                                device: torch.device | str | None = None) -> Tensor:
     "The `n_bins + 1` edges `k/n`, the last one nudged just above 1.0 so that `conf == 1.0` lands in the last bin."
-    _check_n_bins(n_bins)
+    check_n_bins(n_bins)
     edges = torch.linspace(0, 1, n_bins + 1, dtype=dtype, device=device)
     edges[-1] = torch.nextafter(edges[-1], torch.tensor(2.0, dtype=dtype, device=device))
     return edges
@@ -110,22 +111,18 @@ def calibration_error_from_confidences(confidences: Tensor, accuracies: Tensor, 
 
 def calibration_error(logits: Tensor, targets: Tensor, n_bins: int = 15) -> Tensor:
     "Top-label expected calibration error of raw `logits`, with the last-bin fix described in the module doc."
-    _check_n_bins(n_bins)
+    check_n_bins(n_bins)
     # we softmax ourselves: torchmetrics' `normalize_logits_if_needed` skips softmax when every value happens
     # to lie in [0, 1], silently treating such logits as probabilities
     conf, correct = top_label_confidences(logits, targets)
     return calibration_error_from_confidences(conf, correct, n_bins)
 
 
-def adaptive_calibration_error(logits: Tensor, targets: Tensor, n_bins: int = 15) -> Tensor:
-    """Top-label ECE with equal-mass bins (Nixon et al., "Measuring Calibration in Deep Learning", CVPR-W 2019):
-    samples sorted by confidence and split into `n_bins` groups of equal size (the first `N mod n_bins` groups one
-    larger, as `numpy.array_split`), then sum over groups of (size / N) * |accuracy - mean confidence|.
-    Unlike equal-width bins, no bin is empty and the crowded top bin of a confident network is split up."""
-    _check_n_bins(n_bins)
-    conf, correct = top_label_confidences(logits, targets)
-    order = torch.argsort(conf, stable=True)
-    conf, correct = conf[order], correct[order]
+def adaptive_calibration_error_from_confidences(confidences: Tensor, accuracies: Tensor, n_bins: int = 15) -> Tensor:
+    "Equal-mass ECE of per-sample top-label confidences and correctness (see `adaptive_calibration_error`)."
+    _check_confidences(confidences, accuracies)
+    order = torch.argsort(confidences, stable=True)
+    conf, correct = confidences[order], accuracies[order].to(confidences.dtype)
     n = conf.numel()
     sizes = [n // n_bins + (1 if k < n % n_bins else 0) for k in range(n_bins)]
     total, start = conf.new_zeros(()), 0
@@ -136,25 +133,41 @@ def adaptive_calibration_error(logits: Tensor, targets: Tensor, n_bins: int = 15
     return total / n
 
 
-def classwise_calibration_error(logits: Tensor, targets: Tensor, n_bins: int = 15) -> Tensor:
-    """Class-wise ECE (Kumar, Liang, Ma, "Verified Uncertainty Calibration", NeurIPS 2019; the static calibration
-    error of Nixon et al. 2019): for every class k, the probability p_k of *every* sample is binned (equal-width,
-    this module's bins) and |frequency of y = k - mean p_k| weighted by bin size / N; the mean over classes.
-    It sees the whole predicted distribution, not only the top label."""
-    _check_logits_targets(logits, targets)
-    _check_n_bins(n_bins)
+def adaptive_calibration_error(logits: Tensor, targets: Tensor, n_bins: int = 15) -> Tensor:
+    """Top-label ECE with equal-mass bins (Nixon et al., "Measuring Calibration in Deep Learning", CVPR-W 2019):
+    samples sorted by confidence and split into `n_bins` groups of equal size (the first `N mod n_bins` groups one
+    larger, as `numpy.array_split`), then sum over groups of (size / N) * |accuracy - mean confidence|.
+    Unlike equal-width bins, no bin is empty and the crowded top bin of a confident network is split up."""
+    check_n_bins(n_bins)
+    conf, correct = top_label_confidences(logits, targets)
+    return adaptive_calibration_error_from_confidences(conf, correct, n_bins)
+
+
+def classwise_bins(logits: Tensor, targets: Tensor, n_bins: int = 15) -> tuple[Tensor, Tensor, Tensor]:
+    """Per (class, bin) cell, flattened class-major (C * n_bins): sample count, count of y = class, and summed
+    probability of the class, with this module's equal-width bins. Sums over batches stream exactly."""
+    check_logits_targets(logits, targets)
+    check_n_bins(n_bins)
     p = _upcast(logits.detach()).softmax(dim=1)
     onehot = F.one_hot(targets.to(p.device).long(), p.shape[1]).to(p.dtype)
     edges = calibration_bin_boundaries(n_bins, p.dtype, p.device)
     idx = torch.bucketize(p, edges, right=True) - 1                      # (N, C) bin of each class probability
     cls = torch.arange(p.shape[1], device=p.device).expand_as(idx)
     flat = (cls * n_bins + idx).reshape(-1)                              # one (class, bin) cell per entry
-    cells = p.shape[1] * n_bins
-    count = torch.zeros(cells, dtype=p.dtype, device=p.device).index_add_(0, flat, torch.ones_like(p).reshape(-1))
+    count = torch.zeros(p.shape[1] * n_bins, dtype=p.dtype, device=p.device).index_add_(0, flat, torch.ones_like(p).reshape(-1))
     hits = torch.zeros_like(count).index_add_(0, flat, onehot.reshape(-1))
     mass = torch.zeros_like(count).index_add_(0, flat, p.reshape(-1))
+    return count, hits, mass
+
+
+def classwise_calibration_error(logits: Tensor, targets: Tensor, n_bins: int = 15) -> Tensor:
+    """Class-wise ECE (Kumar, Liang, Ma, "Verified Uncertainty Calibration", NeurIPS 2019; the static calibration
+    error of Nixon et al. 2019): for every class k, the probability p_k of *every* sample is binned (equal-width,
+    this module's bins) and |frequency of y = k - mean p_k| weighted by bin size / N; the mean over classes.
+    It sees the whole predicted distribution, not only the top label."""
+    count, hits, mass = classwise_bins(logits, targets, n_bins)
     # |sum(y) - sum(p)| per cell is |B| * |acc - conf|; / N per class, then the mean over classes
-    return (hits - mass).abs().sum() / (p.shape[0] * p.shape[1])
+    return (hits - mass).abs().sum() / (logits.shape[0] * logits.shape[1])
 
 
 def _top_k_correct(logits: Tensor, targets: Tensor, k: int) -> Tensor:
@@ -172,7 +185,7 @@ def _top_k_correct(logits: Tensor, targets: Tensor, k: int) -> Tensor:
 
 def top_k_error(logits: Tensor, targets: Tensor, k: int = 1) -> Tensor:
     "Fraction of samples whose target is not among the `min(k, C)` highest logits."
-    _check_logits_targets(logits, targets)
+    check_logits_targets(logits, targets)
     logits = _upcast(logits.detach())
     return 1.0 - _top_k_correct(logits, targets, k).to(logits.dtype).mean()
 
@@ -189,13 +202,13 @@ def _brier_per_sample(logits: Tensor, targets: Tensor) -> Tensor:
 
 def nll(logits: Tensor, targets: Tensor) -> Tensor:
     "Mean cross-entropy (negative log-likelihood) of the softmax of `logits`."
-    _check_logits_targets(logits, targets)
+    check_logits_targets(logits, targets)
     return _nll_per_sample(logits, targets).mean()
 
 
 def brier_score(logits: Tensor, targets: Tensor) -> Tensor:
     "Multi-class Brier score: mean over samples of sum over classes of (p - onehot)^2 (range [0, 2])."
-    _check_logits_targets(logits, targets)
+    check_logits_targets(logits, targets)
     return _brier_per_sample(logits, targets).mean()
 
 
@@ -203,8 +216,8 @@ def classification_metrics(logits: Tensor, targets: Tensor, n_bins: int = 15) ->
     """`top1_err`, `top5_err` (k = min(5, C)), `ece` (top-label, `n_bins` equal-width bins), `ece_adaptive`
     (top-label, `n_bins` equal-mass bins), `ece_classwise` (every class, `n_bins` equal-width bins), `nll` and
     `brier` of raw `logits` as Python floats."""
-    _check_logits_targets(logits, targets)
-    _check_n_bins(n_bins)
+    check_logits_targets(logits, targets)
+    check_n_bins(n_bins)
     return {"top1_err": float(top_k_error(logits, targets, 1)),
             "top5_err": float(top_k_error(logits, targets, 5)),
             "ece": float(calibration_error(logits, targets, n_bins)),

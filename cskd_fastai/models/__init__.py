@@ -15,7 +15,7 @@ from .cifar_resnet import CIFARPreActResNet, PreActBlock, cifar_resnet18
 from .imagenet import densenet121, resnet18
 from .small_cnn import SmallCNN, small_cnn
 
-__all__ = ["PAPER_MODELS", "create_paper_model", "classifier_of", "resolve_arch",
+__all__ = ["PAPER_MODELS", "HEAD_ATTRS", "create_paper_model", "classifier_of", "resolve_arch",
            "cifar_resnet18", "cifar_densenet121", "resnet18", "densenet121",
            "CIFARPreActResNet", "CIFARDenseNet", "PreActBlock", "small_cnn", "SmallCNN"]
 
@@ -30,7 +30,7 @@ PAPER_MODELS: dict[str, Callable[..., nn.Module]] = {
 
 # Where each known family keeps its final layer: ours (`linear`, as in the official CS-KD code),
 # torchvision ResNet (`fc`) and torchvision DenseNet (`classifier`).
-_HEAD_ATTRS = ("linear", "fc", "classifier")
+HEAD_ATTRS = ("linear", "fc", "classifier")
 
 
 def create_paper_model(name: str, num_classes: int, in_channels: int = 3) -> nn.Module:
@@ -76,7 +76,7 @@ def classifier_of(model: nn.Module) -> nn.Linear:
     """
     while hasattr(model, "module") and isinstance(model.module, nn.Module):
         model = model.module
-    for attr in _HEAD_ATTRS:
+    for attr in HEAD_ATTRS:
         head = getattr(model, attr, None)
         if isinstance(head, nn.Linear):
             return head

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import tempfile
 import time
@@ -26,7 +25,8 @@ import yaml
 from PIL import Image
 from torch import nn
 
-from ..rundir import DONE, ENV, EXPORT, HISTORY, save_hashed, write_examples
+from ..distributed import free_port  # noqa: F401  (one implementation; re-exported for the server tests)
+from ..rundir import DONE, ENV, EXPORT, HISTORY, LOGITS, METRICS, RECIPE, save_hashed, write_examples
 from .replicas import class_colour
 
 __all__ = ["make_tiny_run", "write_tiny_imagefolder", "tiny_cnn", "TINY_CLASSES", "free_port", "serve"]
@@ -106,19 +106,19 @@ def make_tiny_run(root, method: str = "cskd", seed: int = 0, epochs: int = 1, la
     splits = {"valid": _logits(learn, list(dls.valid_ds.items)), "test": _logits(learn, test_items)}
     classes = [str(c) for c in dls.vocab]
     torch.save({s: {"logits": z, "labels": y} for s, (z, y) in splits.items()} | {"classes": classes},
-               run / "logits.pt")
+               run / LOGITS)
     facts = {"label": label, "recipe": "tiny", "dataset": "imagefolder", "model": "tiny_cnn", "method": method,
              "lam": lam if cskd else None, "temp": temp if cskd else None, "seed": seed, "epochs": epochs,
              "image_size": _SIZE, "n_train": len(dls.train_ds), "n_valid": len(dls.valid_ds), "n_test": len(test_items)}
     metrics = {s: classification_metrics(z, y) for s, (z, y) in splits.items()} | {"facts": facts}
-    (run / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    (run / METRICS).write_text(json.dumps(metrics, indent=2))
     # the shape of a resolved single-run recipe (cskd_fastai.recipe.Recipe.to_yaml)
     recipe = {"name": "tiny", "description": "make_tiny_run fixture",
               "dataset": {"name": "imagefolder", "root": str(data), "image_size": _SIZE, "valid_pct": 0.25},
               "model": {"arch": "tiny_cnn", "head": "paper", "pretrained": False},
               "train": {"epochs": epochs, "bs": 4, "lr": 0.1, "optimizer": "adam", "schedule": "constant"},
               "methods": [{"name": method, "label": label, "lam": lam, "temp": temp}], "seeds": [seed]}
-    (run / "recipe.yaml").write_text(yaml.safe_dump(recipe, sort_keys=False))
+    (run / RECIPE).write_text(yaml.safe_dump(recipe, sort_keys=False))
     save_hashed(lambda t: learn.export(Path(t).resolve()), run, EXPORT)   # hashes.json, as `train` records it
     test_labels = splits["test"][1].tolist()
     write_examples(run, test_items, test_labels, classes)
@@ -129,13 +129,6 @@ def make_tiny_run(root, method: str = "cskd", seed: int = 0, epochs: int = 1, la
 
 # ---------------------------------------------------------------------------------------------------------------
 # a real server in a subprocess (the demo app's tests)
-
-
-def free_port() -> int:
-    "A TCP port free on 127.0.0.1 right now (the OS picks it; tiny race window until the server binds it)."
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @contextmanager

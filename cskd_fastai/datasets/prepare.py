@@ -1,0 +1,112 @@
+"""Data preparation for a recipe: the dataset (subsampled if asked), the seeded stratified validation split carved
+from train, the item transforms of each augmentation, the decoded-image cache, and the fastai DataLoaders
+(paired for CS-KD, indexed for methods with per-sample state; test loader at index 2)."""
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+from fastai.data.core import Datasets, TfmdLists
+from fastai.data.transforms import Categorize, IntToFloatTensor, Normalize, ToTensor
+from fastai.vision.augment import FlipItem, RandomResizedCrop, Resize
+from fastai.vision.core import imagenet_stats
+
+from ..cache import ImageCache, build_cache, cache_item_tfms, cache_side
+from ..data import IndexedDL, PairedDL
+from ..recipe import Recipe
+from ..speed import BatchFlip, device_aug_tfms, loader_kwargs
+from ..transforms import PadRandomCrop, load_image
+from .core import ImageDataset, load_dataset
+
+__all__ = ["stratified_split", "build_dls", "subsample_per_class", "load_data", "image_cache"]
+
+
+def stratified_split(labels, valid_pct: float, seed: int) -> tuple[list[int], list[int]]:
+    "Per-class seeded split of indices into (train, valid); every class keeps at least one training item."
+    labels = np.asarray(labels)
+    rng = np.random.default_rng(seed)
+    train, valid = [], []
+    for c in np.unique(labels):
+        idx = np.flatnonzero(labels == c)
+        rng.shuffle(idx)
+        n_valid = min(int(round(valid_pct * len(idx))), len(idx) - 1)
+        valid += idx[:n_valid].tolist(); train += idx[n_valid:].tolist()
+    return sorted(train), sorted(valid)
+
+
+def _item_tfms(size: int, augment: str) -> list:
+    if augment == "resized_crop_flip": return [RandomResizedCrop(size), FlipItem(0.5), ToTensor()]
+    tfms = [Resize(size)]
+    if augment in ("crop", "crop_flip"): tfms.append(PadRandomCrop(size, padding=max(1, size // 8)))
+    if augment in ("flip", "crop_flip"): tfms.append(FlipItem(0.5))
+    return tfms + [ToTensor()]
+
+
+def build_dls(recipe: Recipe, data: ImageDataset, seed: int, paired: bool, device=None,
+              cache: Optional[ImageCache] = None, indexed: bool = False):
+    """DataLoaders with train (paired for CS-KD), valid (carved from train) and test (index 2) loaders; with a
+    `cache` (built over train + test items, in that order) items are cache indices and nothing is decoded."""
+    cfg, tc = recipe.dataset, recipe.train
+    tr_idx, va_idx = stratified_split(data.train.labels, cfg.valid_pct, seed)
+    if not va_idx: raise ValueError(f"dataset.valid_pct={cfg.valid_pct} leaves no validation images; raise it")
+    items = list(data.train.items) + list(data.test.items)
+    ys = [data.classes[l] for l in list(data.train.labels) + list(data.test.labels)]
+    n_tr = len(data.train.items)
+    splits = [tr_idx, va_idx, list(range(n_tr, len(items)))]
+    if cache is not None and len(cache) != len(items):
+        raise ValueError(f"the image cache holds {len(cache)} images, the dataset {len(items)}; rebuild it")
+    x_tl = (TfmdLists(list(range(len(items))), [], splits=splits) if cache is not None
+            else TfmdLists(items, [load_image], splits=splits))
+    dsets = Datasets(tls=[x_tl,
+                          # sort=False: the vocabulary is the loader's class order (label i is data.classes[i]) end to
+                          # end; fastai's default sorts the names, which differs whenever names sort unlike ids
+                          TfmdLists(ys, [Categorize(vocab=list(data.classes), sort=False)], splits=splits)])
+    dl_type = PairedDL if paired else IndexedDL if indexed else None
+    if device is None: device = "cuda" if torch.cuda.is_available() else "cpu"
+    # train.gpu_augment: flips/crops per batch on the device (training only; valid/test items are unchanged)
+    item_tfms, aug = device_aug_tfms(cfg.image_size, tc.augment) if tc.gpu_augment else (_item_tfms(cfg.image_size, tc.augment), [])
+    if cache is not None:   # crops from the decoded array; a random-resized crop is cut per item either way
+        item_tfms = cache_item_tfms(cache, cfg.image_size, tc.augment, tc.gpu_augment)
+        if tc.gpu_augment and tc.augment == "resized_crop_flip": aug = [BatchFlip(0.5)]
+    dls = dsets.dataloaders(bs=tc.bs, dl_type=dl_type, after_item=item_tfms,
+                            after_batch=[IntToFloatTensor(), *aug, Normalize.from_stats(*imagenet_stats)],
+                            drop_last=tc.drop_last, device=device, **loader_kwargs(tc.workers, device))
+    return dls
+
+
+def subsample_per_class(data: ImageDataset, n: int, seed: int = 0) -> ImageDataset:
+    "Keep at most `n` training images per class (seeded); the test split is untouched."
+    from dataclasses import replace
+    keep = []
+    labels = np.asarray(data.train.labels)
+    for c in np.unique(labels):
+        idx = np.flatnonzero(labels == c)
+        keep += sorted(np.random.default_rng(seed + int(c)).permutation(idx)[:n].tolist())
+    keep.sort()
+    train = replace(data.train, items=[data.train.items[i] for i in keep], labels=[int(labels[i]) for i in keep])
+    return replace(data, train=train)
+
+
+def load_data(recipe: Recipe, data_root: Optional[str] = None) -> ImageDataset:
+    "The recipe's dataset (`data_root` overrides `dataset.root`), subsampled if the recipe says so."
+    data = load_dataset(recipe.dataset.name, data_root if data_root is not None else recipe.dataset.root)
+    if recipe.dataset.train_per_class: data = subsample_per_class(data, recipe.dataset.train_per_class)
+    return data
+
+
+def image_cache(recipe: Recipe, data: ImageDataset, out: Path, log: Callable) -> ImageCache:
+    "The recipe's decoded-image cache (`train.cache`), built once for all its runs; disk caches under <out>/.cache."
+    tc, size = recipe.train, recipe.dataset.image_size
+    side, mode = cache_side(size, tc.augment), ("rrc" if tc.augment == "resized_crop_flip" else "resize")
+    items = list(data.train.items) + list(data.test.items)
+    t0 = time.time()
+    # under a multi-process launch every rank builds (memory) or reuses (disk) it; a disk build is tmp + rename
+    cache = build_cache(items, side, mode, tc.cache, cache_dir=out / ".cache", name=recipe.dataset.name,
+                        threads=max(1, min(4, os.cpu_count() or 1)), log=log)
+    log(f"image cache ({tc.cache}): {len(items)} images at {side}px, {cache.images.nbytes / 2**20:.0f} MB, "
+        f"ready in {time.time() - t0:.1f}s")
+    return cache

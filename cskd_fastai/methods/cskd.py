@@ -1,0 +1,44 @@
+"""CS-KD (Yun, Park, Lee, Shin, CVPR 2020): paired batches and the `CSKD` callback, the published loss by default."""
+from __future__ import annotations
+
+from typing import ClassVar, Literal
+
+from pydantic import Field, model_validator
+
+from .base import MethodBase
+
+__all__ = ["CSKDMethod"]
+
+
+class CSKDMethod(MethodBase):
+    "λ, T and λ warm-up of the published loss; `variant` selects one of this project's variants (see `CSKD`)."
+    name: Literal["cskd"] = "cskd"
+    lam: float = Field(1.0, ge=0, description="CS-KD weight λ")
+    temp: float = Field(4.0, gt=0, description="CS-KD temperature T")
+    lam_warmup: float = Field(0.0, ge=0, le=1, description="linear warm-up of λ over this fraction of training")
+    variant: Literal["published", "decoupled", "gated", "in_batch"] = "published"
+    tckd_weight: float = Field(0.0, ge=0, description="variant decoupled: weight of the target-class part")
+    nckd_weight: float = Field(1.0, ge=0, description="variant decoupled: weight of the non-target part")
+
+    paired: ClassVar[bool] = True
+
+    @model_validator(mode="after")
+    def _decoupled_only(self):
+        if self.variant != "decoupled" and (self.tckd_weight, self.nckd_weight) != (0.0, 1.0):
+            raise ValueError("tckd_weight / nckd_weight only apply to variant: decoupled")
+        return self
+
+    def base_label(self) -> str:
+        s = f"cskd-lam{self.lam:g}-T{self.temp:g}" + (f"-wu{self.lam_warmup:g}" if self.lam_warmup else "")
+        if self.variant == "decoupled": s += f"-dec{self.tckd_weight:g}-{self.nckd_weight:g}"
+        elif self.variant != "published": s += f"-{self.variant.replace('_', '')}"
+        return s
+
+    def facts(self) -> dict:
+        return dict(lam=self.lam, temp=self.temp, lam_warmup=self.lam_warmup, variant=self.variant,
+                    **({"tckd_weight": self.tckd_weight, "nckd_weight": self.nckd_weight} if self.variant == "decoupled" else {}))
+
+    def method_callbacks(self, n_epochs: int) -> list:
+        from ..callback import CSKD
+        return [CSKD(lam=self.lam, temp=self.temp, lam_warmup=self.lam_warmup, variant=self.variant,
+                     tckd_weight=self.tckd_weight, nckd_weight=self.nckd_weight)]
