@@ -341,8 +341,9 @@ def confidence_markdown(entry: ModelEntry, logits: Tensor, T: float, k: int = 5,
         lines.append(f"⚠ Unlike the training data? The top-class confidence is below what 99% of this model's "
                      f"validation images get ({fmt_prob(flag[1])} at this T).")
     top = p_T.topk(min(int(k), len(entry.classes)))
-    lines += ["", "| class | probability |", "|---|---:|"]
-    lines += [f"| {entry.classes[int(c)]} | {fmt_prob(v)} |" for v, c in zip(top.values, top.indices)]
+    lines += ["", "| class | probability | |", "|---|---:|:---|"]
+    lines += [f"| {entry.classes[int(c)]} | {fmt_prob(v)} | `{'█' * round(20 * float(v)) or '▏'}` |"
+              for v, c in zip(top.values, top.indices)]
     return "\n".join(lines)
 
 
@@ -416,7 +417,9 @@ def build_demo(run_dirs: Sequence, k: int = 5, n_examples: int = 6):
                 with gr.Column(scale=1, min_width=240):
                     where = f"\n`…/{'/'.join(e.path.parts[-3:])}`" if e.path else ""  # recipe/label/seed
                     gr.Markdown(f"### {e.label}{where}")
-                    labels.append(gr.Label(label=f"{e.label}: top-k probabilities", elem_id=f"label-{i}"))
+                    # gr.Label rounds to whole percents (100% / 0%): it stays for the API, the page shows the
+                    # probabilities with useful precision in the panel below it
+                    labels.append(gr.Label(label=f"{e.label}: top-k probabilities", elem_id=f"label-{i}", visible=False))
                     confs.append(gr.Markdown("", elem_id=f"confidence-{i}"))
                     # log scale around the default: a fitted 0.06 is mid-slider, not pinned at a linear end
                     c = round(math.log10(e.temperature), 2)
