@@ -259,3 +259,16 @@ def test_unreachable_data_root_is_one_clear_line(tiny_runs, tmp_path):
         analyze_runs(runs, tmp_path / "out", data_root=missing)
     msg = str(e.value)
     assert "\n" not in msg and str(missing) in msg and "--data-root" in msg
+
+
+def test_confidence_histogram_counts_on_a_log_scale():
+    "A few wrong, confident predictions stay visible next to many right ones: the count axis is logarithmic."
+    from cskd_fastai.analysis import confidence_figure
+    g = torch.Generator().manual_seed(0)
+    y = torch.randint(0, 10, (2000,), generator=g)
+    z = torch.nn.functional.one_hot(y, 10).float() * 8
+    z[:5] = torch.nn.functional.one_hot((y[:5] + 1) % 10, 10).float() * 8     # 5 confident errors among 2,000
+    ax = confidence_figure(z, y).axes[0]
+    assert ax.get_yscale() == "log" and "log scale" in ax.get_ylabel()
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert "wrong (5)" in labels and "correct (1995)" in labels

@@ -136,3 +136,17 @@ def test_checked_fit_trusts_a_supported_temperature_and_cross_validates():
     held = np.concatenate(_folds(n, 5))
     assert sorted(held.tolist()) == list(range(n))
     assert fit.cv_nll_fitted < fit.cv_nll_one
+
+
+def test_reliability_diagram_states_counts_binning_and_keeps_the_legend_off_the_bars():
+    g = torch.Generator().manual_seed(0)
+    z, y = torch.randn(500, 5, generator=g) * 3, torch.randint(0, 5, (500,), generator=g)
+    ax = reliability_diagram(z, y, n_bins=10)
+    s = bin_stats(z, y, n_bins=10)
+    counts = sorted(int(t.get_text()) for t in ax.texts)
+    assert counts == sorted(int(c) for c in s["count"] if c > 0) and sum(counts) == 500
+    legend = ax.get_legend()
+    assert any("10 equal-width bins" in t.get_text() for t in legend.get_texts())
+    ax.figure.canvas.draw()
+    box, axbox = legend.get_window_extent(), ax.get_window_extent()
+    assert box.x0 >= axbox.x1 - 1                       # the legend sits right of the axes, not over the bars

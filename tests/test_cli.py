@@ -257,6 +257,9 @@ def test_analyze_compares_runs(trained, tmp_path):
     assert code == 0, out
     report = (tmp_path / "an" / "report.md").read_text()
     assert "ce" in report and "cskd-lam1-T4" in report and (tmp_path / "an" / "embeddings.png").exists()
+    # the summary table is printed, not only the report's path
+    table = [l for l in out.splitlines() if l.startswith("| ")]
+    assert table[0].startswith("| run |") and len(table) == 3 and any(l.startswith("| ce |") for l in table)
     _one_error_line(*cli("analyze", runs / "nope"), "nope")
 
 
@@ -265,3 +268,59 @@ def test_compare_on_the_validation_split(trained):
     code, out = cli("compare", runs, "--split", "valid")
     assert code == 0 and out.count("| imagefolder") == 2, out
     _one_error_line(*cli("compare", runs, "--split", "train"), "--split must be test or valid")
+
+
+# ---- a fast command line, --version, predict --------------------------------------------------------------
+def test_cli_imports_neither_torch_nor_fastai_for_help_and_version():
+    code = ("import sys; import cskd_fastai.cli as c\n"
+            "heavy = [m for m in ('torch', 'fastai', 'gradio', 'torchvision') if m in sys.modules]\n"
+            "assert not heavy, heavy\n"
+            "from typer.testing import CliRunner\n"
+            "r = CliRunner().invoke(c.app, ['--version']); assert r.exit_code == 0 and r.output.startswith('cskd-fastai '), r.output\n"
+            "r = CliRunner().invoke(c.app, ['--help']); assert r.exit_code == 0 and 'predict' in r.output and 'download' in r.output\n"
+            "r = CliRunner().invoke(c.app, ['train']); assert r.exit_code == 2\n"
+            "heavy = [m for m in ('torch', 'fastai', 'gradio') if m in sys.modules]\n"
+            "assert not heavy, heavy\nprint('OK')")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=ENV, timeout=60)
+    assert r.returncode == 0 and "OK" in r.stdout, r.stderr[-2000:]
+    from cskd_fastai import __version__
+    code, out = cli("--version")
+    assert code == 0 and out.strip() == f"cskd-fastai {__version__}"
+
+
+def test_predict_rows_csv_and_unreadable_files(trained, folder, tmp_path):
+    import csv
+    runs, _ = trained
+    run = runs / "tiny" / "cskd-lam1-T4" / "seed0"
+    good = sorted((folder / "test").rglob("img_000*"))[:2]
+    bad = tmp_path / "broken.png"; bad.write_bytes(b"not an image")
+    code, out = cli("predict", run, *good, bad, folder / "test" / "class_01", "--csv", tmp_path / "p.csv",
+                    "--top-k", "2", "--temperature", "none", "--no-progress")
+    assert code == 0, out
+    assert "unreadable" in out and str(bad) in out and "T = 1" in out
+    rows = list(csv.DictReader(open(tmp_path / "p.csv")))
+    n_folder = len([f for f in (folder / "test" / "class_01").iterdir() if f.suffix.lower() != ".txt"])
+    assert len(rows) == 2 + 1 + n_folder
+    broken = next(r for r in rows if r["path"] == str(bad))
+    assert broken["error"] and not broken["class_1"]
+    ok = [r for r in rows if not r["error"]]
+    assert all(r["class_1"] in ("class_00", "class_01", "class_02") and float(r["temperature"]) == 1.0 for r in ok)
+    assert all(float(r["prob_1"]) >= float(r["prob_2"]) for r in ok)
+    # the probabilities are the model's at T = 1: softmax of the logits `eval` uses
+    from cskd_fastai.app import load_model, predict_logits
+    e = load_model(run)
+    z = predict_logits(e, ok[0]["path"])
+    assert float(ok[0]["prob_1"]) == pytest.approx(float(torch.softmax(z, 0).max()), abs=1e-5)
+    _one_error_line(*cli("predict", run, tmp_path / "nothing-here"), "does not exist")
+    _one_error_line(*cli("predict", run, good[0], "--temperature", "hot"), "--temperature")
+
+
+def test_compare_one_seed_prints_no_std_and_temperature_columns(trained):
+    runs, _ = trained
+    code, out = cli("compare", runs)
+    assert code == 0, out
+    head = next(l for l in out.splitlines() if l.startswith("| recipe"))
+    for col in ("ECE eq-mass", "ECE class-wise", "ECE @T", "NLL @T"): assert col in head
+    row = next(l for l in out.splitlines() if "| ce |" in l)
+    assert "±" not in row and "| 1 |" in row
+    assert "fitted by NLL on the validation split" in out
