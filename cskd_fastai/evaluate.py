@@ -5,20 +5,13 @@ from pathlib import Path
 from typing import Optional
 
 import torch
-from fastcore.basics import noop
 
 from .metrics import classification_metrics
 from .recipe import Recipe
 from .rundir import RunDirError, load_run, load_run_learner
+from .serving import predict_logits
 
 __all__ = ["evaluate_run", "predict_logits"]
-
-
-def predict_logits(learn, items, bs: int = 64) -> torch.Tensor:
-    "Raw logits of `learn` on `items` (paths or arrays) through the learner's own validation pipeline."
-    dl = learn.dls.test_dl(items, bs=bs, num_workers=0)
-    preds, _ = learn.get_preds(dl=dl, act=noop)
-    return preds
 
 
 def evaluate_run(run_dir, data_root: Optional[str] = None) -> dict:
@@ -36,8 +29,7 @@ def evaluate_run(run_dir, data_root: Optional[str] = None) -> dict:
                           f"({len(data.classes)} vs {len(vocab)}"
                           + (f"; e.g. {missing[0]!r} is not among the run's" if missing else "")
                           + "); pass the dataset the run was trained on")
-    with learn.no_bar(), learn.no_logging():
-        logits = predict_logits(learn, list(data.test.items))
+    logits = predict_logits(learn, list(data.test.items))
     # labels by class *name*: the logits' columns follow the learner's vocabulary, whatever order the loader has
     labels = torch.tensor([index[str(data.classes[l])] for l in data.test.labels])
     return dict(run=str(Path(run_dir)), n_test=len(labels), test=classification_metrics(logits, labels))

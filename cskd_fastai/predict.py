@@ -45,9 +45,7 @@ def predict_files(run_dir, paths: Sequence, k: int = 5, temperature: Union[str, 
     """One row per image: `path`, `top` ([(class, prob)] at T, `k` of them), `T`, `error` (None, or why the file
     could not be used). Images are listed with `find_images`."""
     import sys
-    import torch
-    from fastcore.basics import noop
-    from .app import load_model
+    from .serving import load_model, predict_logits
     from .calibration import apply_temperature
     from .images import safe_image
     if isinstance(k, bool) or int(k) != k or k < 1: raise ValueError(f"--top-k must be a positive integer, got {k!r}")
@@ -69,10 +67,7 @@ def predict_files(run_dir, paths: Sequence, k: int = 5, temperature: Union[str, 
             try: imgs.append(safe_image(files[i])); ok.append(i)
             except ValueError as e: rows[i]["error"] = str(e)
         if imgs:
-            dl = learn.dls.test_dl(imgs, bs=len(imgs), num_workers=0)
-            with learn.no_bar(), learn.no_logging(), torch.inference_mode():
-                logits, _ = learn.get_preds(dl=dl, act=noop)
-            probs = apply_temperature(logits.float(), T)
+            probs = apply_temperature(predict_logits(learn, imgs, bs=len(imgs)), T)
             p, c = probs.topk(k, dim=1)
             for j, i in enumerate(ok):
                 rows[i]["top"] = [(entry.classes[int(ci)], float(pi)) for pi, ci in zip(p[j], c[j])]

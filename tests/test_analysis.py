@@ -10,8 +10,9 @@ import pytest
 import torch
 import yaml
 
-from cskd_fastai.analysis import (_embedding_module, analyze_run, analyze_runs, embed, intra_class_stats,
+from cskd_fastai.analysis import (analyze_run, analyze_runs, embed, intra_class_stats,
                                   overconfidence, recall_at_k)
+from cskd_fastai.embeddings import _embedding_module
 
 
 def _polar(deg: float, r: float = 1.0) -> list[float]:
