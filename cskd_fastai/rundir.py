@@ -23,8 +23,6 @@ need those).
 """
 from __future__ import annotations
 
-import errno
-import hashlib
 import json
 import os
 from contextlib import contextmanager
@@ -34,7 +32,9 @@ from typing import Iterable, Iterator
 
 import torch
 
+from .examples import EXAMPLES, read_examples, write_examples  # noqa: F401  (the run-dir format, re-exported)
 from .recipe import safe_component
+from .safeio import disk_full_message, save_atomic, sha256  # noqa: F401  (re-exported)
 
 __all__ = ["RunDirError", "RunLockedError", "Run", "load_run", "load_logits", "load_run_learner", "find_runs",
            "finished_runs", "is_done", "archive_run", "ARCHIVED", "run_lock", "record_hash", "verify_hash",
@@ -44,7 +44,6 @@ __all__ = ["RunDirError", "RunLockedError", "Run", "load_run", "load_logits", "l
 RECIPE, ENV, HISTORY, METRICS, LOGITS, EXPORT, CHECKPOINT, DONE, HASHES, LOCK = (
     "recipe.yaml", "env.json", "history.csv", "metrics.json", "logits.pt", "export.pkl", "checkpoint.pth", "DONE",
     "hashes.json", ".lock")
-EXAMPLES = "examples"   # folder of test thumbnails (PNG) + examples.json, the demo's only example source
 PNGS = ("reliability.png", "curves.png")
 
 # DONE last: a partial copy is never a finished run
@@ -79,40 +78,7 @@ def read_yaml(path):
         raise RunDirError(f"{path} is corrupt ({msg}); restore it from a copy or retrain the run") from None
 
 
-def disk_full_message(path, e: BaseException) -> str | None:
-    "'no space left' in one line when `e` (an OSError, or torch's RuntimeError from its zip writer) means a full disk."
-    full = isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT)
-    if not full and isinstance(e, RuntimeError) and ("enforce fail" in str(e) or "write" in str(e).lower()):
-        try:
-            import shutil
-            full = shutil.disk_usage(Path(path).parent).free < 64 * 2**20   # torch hides ENOSPC behind its message
-        except OSError: full = False
-    return f"no space left on device while writing {path}; free some space, then rerun with --resume" if full else None
-
-
-def save_atomic(write, path) -> None:
-    """`write(tmp_path)` then rename to `path`: a reader never sees half a file, a failed write leaves no temp file
-    behind, and a full disk is reported as such (torch says `[enforce fail at inline_container.cc]`)."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException as e:
-        tmp.unlink(missing_ok=True)
-        msg = disk_full_message(path, e)
-        if msg: raise OSError(errno.ENOSPC, msg) from None
-        raise
-
-
 # ---- integrity of the pickles ------------------------------------------------------------------------------
-def sha256(path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""): h.update(chunk)
-    return h.hexdigest()
-
-
 def _hashes(run_dir: Path) -> dict:
     f = run_dir / HASHES
     return read_json(f) if f.exists() else {}
@@ -163,44 +129,6 @@ def verify_hash(run_dir, name: str) -> Path:
         raise RunDirError(f"{f} does not match the SHA-256 recorded when it was written (changed, truncated or "
                           f"replaced since), so it is not loaded; restore the original or retrain the run")
     return f
-
-
-def write_examples(run_dir, items, labels, classes, n: int = 6, side: int = 256) -> list[dict]:
-    """Up to `n` test images covering as many classes as possible, as PNG thumbnails (longest side `side`) in
-    `run_dir/examples/` with examples.json (file, true class). The demo shows these and nothing else: it never
-    follows a data root written in a file. An unreadable image is skipped."""
-    from .images import safe_image
-    d = Path(run_dir) / EXAMPLES
-    d.mkdir(exist_ok=True)
-    seen: dict[int, int] = {}
-    keyed = []
-    for i, c in enumerate(labels):   # first item of each class, then the second...
-        keyed.append((seen.get(int(c), 0), int(c), i)); seen[int(c)] = seen.get(int(c), 0) + 1
-    out = []
-    for _, c, i in sorted(keyed):
-        if len(out) >= n: break
-        try: img = safe_image(items[i])
-        except ValueError: continue
-        img.thumbnail((side, side))
-        name = f"{len(out):02d}.png"
-        img.save(d / name)
-        out.append({"file": name, "class": str(classes[c])})
-    save_atomic(lambda t: Path(t).write_text(json.dumps(out, indent=2)), d / "examples.json")
-    return out
-
-
-def read_examples(run_dir) -> list[tuple[Path, str]]:
-    "`(png_path, true_class)` of a run's stored examples; only plain files inside `run_dir/examples/` are returned."
-    d = Path(run_dir) / EXAMPLES
-    f = d / "examples.json"
-    if not f.is_file(): return []
-    out = []
-    for e in read_json(f) if isinstance(read_json(f), list) else []:
-        name = e.get("file") if isinstance(e, dict) else None
-        p = d / str(name)
-        if not (isinstance(name, str) and safe_component(name) and p.is_file() and not p.is_symlink()): continue
-        out.append((p, str(e.get("class", ""))))
-    return out
 
 
 def load_checkpoint(run_dir) -> dict:
