@@ -15,7 +15,7 @@ from fastai.learner import Metric
 from fastai.torch_core import find_bs
 
 from .data import PairedDL, paired_dls
-from .methods.base import check_temp
+from .methods.base import check_temp, check_weight
 from .losses import class_wise_kd, decoupled_kd, informativeness
 from .losses.softened_kl import softened_kl_per_sample
 
@@ -29,8 +29,9 @@ _STATS = ("train_ce", "train_kd", "cskd_lam", "partner_conf", "partner_entropy",
 
 def _check_lam(lam) -> None:
     if callable(lam): return
-    if not isinstance(lam, (int, float)) or isinstance(lam, bool) or not math.isfinite(lam) or lam < 0:
-        raise ValueError(f"lam must be a finite number >= 0 or a schedule callable of training progress, got {lam!r}")
+    try: check_weight(lam, "lam")
+    except ValueError: raise ValueError(f"lam must be a finite number >= 0 or a schedule callable of training "
+                                        f"progress, got {lam!r}") from None
 
 
 def _check_temp(temp) -> None: check_temp(temp)   # one rule for every method's temperature

@@ -124,10 +124,11 @@ def _fmt_error(src: str, e: ValidationError) -> str:
     if len(loc) > 2 and loc[0] == "methods" and isinstance(loc[1], int) and isinstance(loc[2], str) \
             and loc[2] in {m.model_fields["name"].default for m in METHODS}: del loc[2]
     key = ".".join(str(p) for p in loc) or "(top level)"
-    msg = err["msg"]
+    msg = err["msg"].removeprefix("Value error, ")
     if err["type"] == "extra_forbidden": msg = "unknown key (check its spelling against recipes/*.yaml)"
     elif err["type"] == "missing": msg = "required key is missing"
-    got = "" if err["type"] in ("missing", "extra_forbidden") else f" (got {err.get('input')!r})"
+    quiet = err["type"] in ("missing", "extra_forbidden") or ", got " in msg   # the message already says it
+    got = "" if quiet else f" (got {err.get('input')!r})"
     more = f" [+{len(e.errors()) - 1} more]" if len(e.errors()) > 1 else ""
     return f"{src}: {key}: {msg}{got}{more}"
 

@@ -158,7 +158,7 @@ def _one_error_line(code, out, *needles):
     ("name: x\ndataset: {name: digits}\nmodel: {arch: small_cnn}\ntrain: {epochs: 1, bs: 4, lr: -0.1}\n"
      "methods: [{name: ce}]\n", ("train.lr", "greater than 0")),
     ("name: x\ndataset: {name: digits}\nmodel: {arch: small_cnn}\ntrain: {epochs: 1, bs: 4, lr: 0.1}\n"
-     "methods: [{name: cskd, temp: 0}]\n", ("methods.0.temp", "greater than 0")),
+     "methods: [{name: cskd, temp: 0}]\n", ("methods.0.temp", "> 0")),
     ("name: x\ndataset: {name: mnist9}\nmodel: {arch: small_cnn}\ntrain: {epochs: 1, bs: 4, lr: 0.1}\n"
      "methods: [{name: ce}]\n", ("dataset.name", "unknown dataset")),
     ("name: x\ndataset: {name: digits}\ntrain: {epochs: 1, bs: 4, lr: 0.1}\nmethods: [{name: ce}]\n",
