@@ -14,7 +14,8 @@ _warnings.filterwarnings("ignore", message="`torch.jit.script` is deprecated", c
 _WHERE = {"PairedDL": "data", "paired_dls": "data", "dataset_labels": "data", "check_classes": "data",
           "class_wise_kd": "losses", "ClassWiseKDLoss": "losses", "CSKD": "callback", "warmup_schedule": "callback",
           "cskd_learner": "learner", "plain_learner": "learner", "CSKDLearner": "learner",
-          "cskd_metrics": "metrics", "classification_metrics": "metrics"}
+          "cskd_metrics": "metrics", "classification_metrics": "metrics", "PSKD": "callbacks", "TfKDLoss": "losses",
+          "IndexedDL": "data"}
 
 __all__ = [*_WHERE, "__version__"]
 
