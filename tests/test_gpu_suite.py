@@ -29,8 +29,7 @@ def test_dry_run_answers_every_section(tmp_path):
     assert all(v.startswith("ok") for v in res["sections"].values()), res["sections"]
     assert res["env"]["bf16_matmul_tflops"] > 0 and res["env"]["torch"]
     timed = [t for t in res["throughput"] if "ips" in t]
-    assert {(t["config"], t["source"]) for t in timed} >= {("r18b32", "synthetic"), ("cifar", "synthetic"),
-                                                          ("r18b32", "real")}
+    assert {(t["config"], t["source"]) for t in timed} >= {("cifar", "synthetic"), ("r18b32", "real")}
     assert any(t["variant"] == "bf16+cl+cache+gpu_aug" for t in timed)       # the cache path ran too
     for t in timed: assert t["ips"]["cskd"] > 0 and t["kd_over_ce"] > 0 and t["gflops_fwd"] > 0
     h = res["headline"]
