@@ -414,3 +414,13 @@ def test_divergence_after_good_epochs_keeps_their_checkpoint(tmp_path, monkeypat
     assert code == 1 and "diverged in epoch 3" in out and "checkpoint (epoch 2) is kept" in out, out
     run = tmp_path / "o" / "tiny" / "ce" / "seed0"
     assert load_checkpoint(run)["epoch"] == 1 and len((run / "history.csv").read_text().splitlines()) == 3
+
+
+def test_loading_a_verified_export_does_not_repeat_fasts_pickle_warning(small_run):
+    "Once the export's SHA-256 matched, fastai's 3-line 'insecure pickle' warning adds nothing: eval/analyze/demo omit it."
+    import warnings
+    from cskd_fastai.rundir import load_run_learner
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        load_run_learner(small_run)
+    assert not [w for w in caught if "pickle" in str(w.message)], [str(w.message) for w in caught]
