@@ -30,7 +30,7 @@ __all__ = ["recall_at_k", "intra_class_stats", "overconfidence", "embed", "analy
            "RECALL_KS", "OVERCONFIDENCE_THRESHOLD", "summary_table"]
 
 from .embeddings import embed, embeddings_figure, new_figure, tsne_2d  # noqa: E402,F401
-from .metrics.representation import (OVERCONFIDENCE_THRESHOLD, RECALL_KS, _as_tensor,  # noqa: E402,F401
+from .metrics.representation import (OVERCONFIDENCE_THRESHOLD, RECALL_KS, as_tensor,  # noqa: E402,F401
                                      intra_class_stats, overconfidence, recall_at_k)
 ANALYSIS_JSON, CONFIDENCE_PNG, TSNE_PNG, EMBEDDINGS_PNG, REPORT_MD = (
     "analysis.json", "confidence.png", "tsne.png", "embeddings.png", "report.md")
@@ -42,9 +42,9 @@ ANALYSIS_JSON, CONFIDENCE_PNG, TSNE_PNG, EMBEDDINGS_PNG, REPORT_MD = (
 
 def confidence_figure(logits: Tensor, labels: Tensor, title: str = "", threshold: float = OVERCONFIDENCE_THRESHOLD):
     "Histogram of log p(predicted class), correct vs wrong predictions (the paper's over-confidence plot)."
-    logp = _as_tensor(logits, torch.float64).log_softmax(1)
+    logp = as_tensor(logits, torch.float64).log_softmax(1)
     top, pred = logp.max(1)
-    ok = (pred == _as_tensor(labels, torch.long)).numpy()
+    ok = (pred == as_tensor(labels, torch.long)).numpy()
     top = top.numpy()
     # max softmax >= 1/C, so log p(pred) always lies in [-log C, 0]: fixed bins make runs comparable
     lo = -math.log(max(logp.shape[1], 2))

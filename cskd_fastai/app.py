@@ -30,7 +30,7 @@ from torch import Tensor
 from .calibration import MIN_ERRORS, apply_temperature, confidence_histogram, reliability_diagram
 from .images import IMAGE_FORMATS, MAX_PIXELS, MAX_SIDE, one_line, safe_image  # noqa: F401  (re-exported)
 from .rundir import EXAMPLES
-from .serving import (ModelEntry, _inside, _split, calibration_numbers, example_images, load_model,  # noqa: F401
+from .serving import (ModelEntry, inside_folders, stored_split, calibration_numbers, example_images, load_model,  # noqa: F401
                       load_models, predict, predict_logits, run_facts, top_k, unusual_confidence)
 
 __all__ = ["ModelEntry", "load_models", "load_model", "safe_image", "predict_logits", "predict", "top_k",
@@ -46,7 +46,7 @@ def calibration_figure(entry: ModelEntry, T: float | None = None):
     "Reliability diagrams before (T = 1) and after scaling by `T`, and the confidence histogram at `T` (a `Figure`)."
     from matplotlib.figure import Figure  # pyplot-free: no global state shared between server threads
     T = entry.temperature if T is None else float(T)
-    z, y = _split(entry, "test")
+    z, y = stored_split(entry, "test")
     fig = Figure(figsize=(15, 4.8), layout="constrained")
     a0, a1, a2 = fig.subplots(1, 3)
     reliability_diagram(z, y, ax=a0, title="Before: T = 1")
@@ -142,7 +142,7 @@ def _guard_input(image, allowed: Sequence[Path]) -> None:
     def preprocess(payload):
         if payload is None: return None
         path = getattr(payload, "path", None)
-        if not path or not _inside(path, folders): return REFUSED
+        if not path or not inside_folders(path, folders): return REFUSED
         try: return stock(payload)
         except Exception: return str(path)
     image.preprocess = preprocess

@@ -132,7 +132,7 @@ def fetch(a: Archive, folder: Path, progress: bool = False, log: Callable[[str],
     return final
 
 
-def _inside(target: Path, name: str) -> bool:
+def _member_inside(target: Path, name: str) -> bool:
     p = (target / name).resolve()
     return p == target or target in p.parents
 
@@ -145,7 +145,7 @@ def safe_extract(archive: Path, target: Path) -> None:
     if zipfile.is_zipfile(archive):
         with zipfile.ZipFile(archive) as z:
             for name in z.namelist():
-                if name.startswith("/") or not _inside(target, name):
+                if name.startswith("/") or not _member_inside(target, name):
                     raise DownloadError(f"{archive.name}: member {name!r} would be written outside {target}; refusing "
                                         f"to extract this archive")
             z.extractall(target)
@@ -155,8 +155,8 @@ def safe_extract(archive: Path, target: Path) -> None:
     with tf:
         members = tf.getmembers()
         for m in members:
-            bad = (m.name.startswith("/") or not _inside(target, m.name)
-                   or (m.issym() or m.islnk()) and not _inside(target, str(Path(m.name).parent / m.linkname))
+            bad = (m.name.startswith("/") or not _member_inside(target, m.name)
+                   or (m.issym() or m.islnk()) and not _member_inside(target, str(Path(m.name).parent / m.linkname))
                    or m.isdev() or m.isfifo())
             if bad:
                 raise DownloadError(f"{archive.name}: member {m.name!r} would be written outside {target} (or is a "

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .distributed import unwrap
-from .metrics.representation import _as_tensor
+from .metrics.representation import as_tensor
 
 __all__ = ["embed", "tsne_2d", "embeddings_figure", "TSNE_MAX_CLASSES", "TSNE_PER_CLASS"]
 
@@ -93,9 +93,9 @@ def _tsne_subset(labels: np.ndarray, max_classes: int = TSNE_MAX_CLASSES, per_cl
 
 def tsne_2d(emb, labels, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     "2-D t-SNE (scikit-learn) of L2-normalized embeddings of the `_tsne_subset`; returns (xy (n, 2), labels (n,))."
-    y = _as_tensor(labels, torch.long).numpy()
+    y = as_tensor(labels, torch.long).numpy()
     idx = _tsne_subset(y, seed=seed)
-    x = F.normalize(_as_tensor(emb), dim=1).numpy()[idx]  # unit vectors: Euclidean t-SNE ~ cosine geometry
+    x = F.normalize(as_tensor(emb), dim=1).numpy()[idx]  # unit vectors: Euclidean t-SNE ~ cosine geometry
     if len(idx) < 3:
         return np.zeros((len(idx), 2), np.float32), y[idx]
     from sklearn.manifold import TSNE

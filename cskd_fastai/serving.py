@@ -212,7 +212,7 @@ def predict(entries: Sequence[ModelEntry], image, temps: Sequence[float | None] 
 # calibration on the stored test logits
 
 
-def _split(entry: ModelEntry, split: str) -> tuple[Tensor, Tensor]:
+def stored_split(entry: ModelEntry, split: str) -> tuple[Tensor, Tensor]:
     zy = getattr(entry, split)
     if zy is None: raise ValueError(f"{entry.label}: no stored {split} logits")
     return zy
@@ -222,7 +222,7 @@ def calibration_numbers(entry: ModelEntry, T: float | None = None) -> dict:
     "Test-set ECE and NLL before (T = 1) and after scaling by `T` (None = the entry's default T), with T and N."
     T = entry.temperature if T is None else float(T)
     if not (math.isfinite(T) and T > 0): raise ValueError(f"expected a finite temperature T > 0, got {T}")
-    z, y = _split(entry, "test")
+    z, y = stored_split(entry, "test")
     return {"T": T, "n": int(z.shape[0]),
             "ece_before": float(calibration_error(z, y)), "nll_before": float(nll(z, y)),
             "ece_after": float(calibration_error(z / T, y)), "nll_after": float(nll(z / T, y))}
@@ -246,7 +246,7 @@ def example_images(entries: Sequence[ModelEntry], n: int = 6) -> list[tuple[Path
     return found
 
 
-def _inside(path, folders: Sequence[Path]) -> bool:
+def inside_folders(path, folders: Sequence[Path]) -> bool:
     "Whether `path` (symlinks resolved) lies inside one of `folders`."
     try: real = Path(os.path.realpath(path))
     except (OSError, ValueError): return False

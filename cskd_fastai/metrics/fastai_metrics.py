@@ -15,8 +15,8 @@ from torch import Tensor
 from torchmetrics import Metric as TMMetric
 from torchmetrics.utilities import dim_zero_cat
 
-from .functional import (_brier_per_sample, check_logits_targets, check_n_bins, _nll_per_sample,
-                         _top_k_correct, _upcast, adaptive_calibration_error_from_confidences,
+from .functional import (brier_per_sample, check_logits_targets, check_n_bins, nll_per_sample,
+                         top_k_correct, upcast, adaptive_calibration_error_from_confidences,
                          calibration_error_from_confidences, classwise_bins, top_label_confidences)
 
 __all__ = ["TopLabelCalibrationError", "TopKError", "NLL", "Brier", "ECE", "AdaptiveECE", "ClasswiseECE", "cskd_metrics"]
@@ -90,19 +90,19 @@ class TopKError(_StreamingMean):
         super().__init__(f"top{k}_err")
 
     def per_sample(self, pred: Tensor, targ: Tensor) -> Tensor:
-        return (~_top_k_correct(_upcast(pred), targ, self.k)).double()
+        return (~top_k_correct(upcast(pred), targ, self.k)).double()
 
 
 class NLL(_StreamingMean):
     "Streaming mean negative log-likelihood (cross-entropy) of the logits (`nll`)."
     def __init__(self): super().__init__("nll")
-    def per_sample(self, pred: Tensor, targ: Tensor) -> Tensor: return _nll_per_sample(pred, targ)
+    def per_sample(self, pred: Tensor, targ: Tensor) -> Tensor: return nll_per_sample(pred, targ)
 
 
 class Brier(_StreamingMean):
     "Streaming multi-class Brier score, sum over classes of (p - onehot)^2 averaged over samples (`brier`)."
     def __init__(self): super().__init__("brier")
-    def per_sample(self, pred: Tensor, targ: Tensor) -> Tensor: return _brier_per_sample(pred, targ)
+    def per_sample(self, pred: Tensor, targ: Tensor) -> Tensor: return brier_per_sample(pred, targ)
 
 
 class ECE(Metric):

@@ -53,7 +53,7 @@ def check_n_bins(n_bins: int) -> None:
         raise ValueError(f"expected n_bins to be a positive int, got {n_bins!r}")
 
 
-def _upcast(x: Tensor) -> Tensor:
+def upcast(x: Tensor) -> Tensor:
     "float64 copy of `x`, float32 on MPS (no float64 there)."
     return x.float() if x.device.type == "mps" else x.double()
 
@@ -61,7 +61,7 @@ def _upcast(x: Tensor) -> Tensor:
 def top_label_confidences(logits: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
     "Per-sample top-label confidence (max softmax prob) and correctness (1.0/0.0) of the argmax prediction."
     check_logits_targets(logits, targets)
-    logits = _upcast(logits.detach())
+    logits = upcast(logits.detach())
     # the prediction is the argmax of the *logits* (first index on ties, like `top_k_error`), so rounding in
     # softmax can't create new ties; the confidence is the max prob, whichever index carries it
     pred = logits.argmax(dim=1)
@@ -148,7 +148,7 @@ def classwise_bins(logits: Tensor, targets: Tensor, n_bins: int = 15) -> tuple[T
     probability of the class, with this module's equal-width bins. Sums over batches stream exactly."""
     check_logits_targets(logits, targets)
     check_n_bins(n_bins)
-    p = _upcast(logits.detach()).softmax(dim=1)
+    p = upcast(logits.detach()).softmax(dim=1)
     onehot = F.one_hot(targets.to(p.device).long(), p.shape[1]).to(p.dtype)
     edges = calibration_bin_boundaries(n_bins, p.dtype, p.device)
     idx = torch.bucketize(p, edges, right=True) - 1                      # (N, C) bin of each class probability
@@ -170,7 +170,7 @@ def classwise_calibration_error(logits: Tensor, targets: Tensor, n_bins: int = 1
     return (hits - mass).abs().sum() / (logits.shape[0] * logits.shape[1])
 
 
-def _top_k_correct(logits: Tensor, targets: Tensor, k: int) -> Tensor:
+def top_k_correct(logits: Tensor, targets: Tensor, k: int) -> Tensor:
     "Per-sample bool: is the target among the top `k` classes (ties broken toward the lower class index)."
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
         raise ValueError(f"expected k to be a positive int, got {k!r}")
@@ -186,16 +186,16 @@ def _top_k_correct(logits: Tensor, targets: Tensor, k: int) -> Tensor:
 def top_k_error(logits: Tensor, targets: Tensor, k: int = 1) -> Tensor:
     "Fraction of samples whose target is not among the `min(k, C)` highest logits."
     check_logits_targets(logits, targets)
-    logits = _upcast(logits.detach())
-    return 1.0 - _top_k_correct(logits, targets, k).to(logits.dtype).mean()
+    logits = upcast(logits.detach())
+    return 1.0 - top_k_correct(logits, targets, k).to(logits.dtype).mean()
 
 
-def _nll_per_sample(logits: Tensor, targets: Tensor) -> Tensor:
-    return F.cross_entropy(_upcast(logits.detach()), targets.to(logits.device).long(), reduction="none")
+def nll_per_sample(logits: Tensor, targets: Tensor) -> Tensor:
+    return F.cross_entropy(upcast(logits.detach()), targets.to(logits.device).long(), reduction="none")
 
 
-def _brier_per_sample(logits: Tensor, targets: Tensor) -> Tensor:
-    p = _upcast(logits.detach()).softmax(dim=1)
+def brier_per_sample(logits: Tensor, targets: Tensor) -> Tensor:
+    p = upcast(logits.detach()).softmax(dim=1)
     onehot = F.one_hot(targets.to(logits.device).long(), logits.shape[1]).to(p.dtype)
     return (p - onehot).pow(2).sum(dim=1)
 
@@ -203,13 +203,13 @@ def _brier_per_sample(logits: Tensor, targets: Tensor) -> Tensor:
 def nll(logits: Tensor, targets: Tensor) -> Tensor:
     "Mean cross-entropy (negative log-likelihood) of the softmax of `logits`."
     check_logits_targets(logits, targets)
-    return _nll_per_sample(logits, targets).mean()
+    return nll_per_sample(logits, targets).mean()
 
 
 def brier_score(logits: Tensor, targets: Tensor) -> Tensor:
     "Multi-class Brier score: mean over samples of sum over classes of (p - onehot)^2 (range [0, 2])."
     check_logits_targets(logits, targets)
-    return _brier_per_sample(logits, targets).mean()
+    return brier_per_sample(logits, targets).mean()
 
 
 def classification_metrics(logits: Tensor, targets: Tensor, n_bins: int = 15) -> dict[str, float]:

@@ -18,7 +18,7 @@ OVERCONFIDENCE_THRESHOLD = 0.9
 
 
 
-def _as_tensor(x, dtype=torch.float32) -> Tensor:
+def as_tensor(x, dtype=torch.float32) -> Tensor:
     t = x.detach() if isinstance(x, Tensor) else torch.as_tensor(np.asarray(x))
     return t.to("cpu", dtype)
 
@@ -39,8 +39,8 @@ def recall_at_k(emb, labels, ks: Sequence[int] = RECALL_KS, chunk: int = 1024) -
     mean over *all* queries (a query alone in its class always scores 0). `k` above N-1 is clipped to N-1.
     Returns `{k: recall}`. Exact ties in similarity are broken arbitrarily (`torch.topk`).
     """
-    e = _as_tensor(emb)
-    y = _as_tensor(labels, torch.long)
+    e = as_tensor(emb)
+    y = as_tensor(labels, torch.long)
     _check_xy(e, y, "embeddings")
     ks = [int(k) for k in ks]
     if not ks or any(k < 1 for k in ks):
@@ -79,8 +79,8 @@ def intra_class_stats(x, labels) -> dict[str, float]:
     - `n_classes`: |C|.
     Measures that are undefined (no class with 2 samples, fewer than 2 classes) are NaN.
     """
-    v = _as_tensor(x, torch.float64)  # float64: variances of near-one-hot probabilities are tiny differences
-    y = _as_tensor(labels, torch.long)
+    v = as_tensor(x, torch.float64)  # float64: variances of near-one-hot probabilities are tiny differences
+    y = as_tensor(labels, torch.long)
     _check_xy(v, y, "vectors")
     u = F.normalize(v, dim=1)
     var, cos, intra, means = [], [], [], []
@@ -119,8 +119,8 @@ def overconfidence(logits, labels, threshold: float = OVERCONFIDENCE_THRESHOLD) 
     errors), the mean confidence of correct and of wrong predictions (NaN when there are none) and `threshold`.
     The prediction is the argmax of the logits; the confidence its softmax probability.
     """
-    z = _as_tensor(logits, torch.float64)
-    y = _as_tensor(labels, torch.long)
+    z = as_tensor(logits, torch.float64)
+    y = as_tensor(labels, torch.long)
     _check_xy(z, y, "logits")
     if not 0.0 <= float(threshold) < 1.0:
         raise ValueError(f"expected a threshold in [0, 1), got {threshold}")
