@@ -7,7 +7,7 @@ from typing import Optional
 import torch
 
 from .metrics import classification_metrics
-from .recipe import Recipe
+from .recipe import recipe_of_run
 from .rundir import RunDirError, load_run, load_run_learner
 from .serving import predict_logits
 
@@ -18,7 +18,7 @@ def evaluate_run(run_dir, data_root: Optional[str] = None) -> dict:
     "Test metrics of the run's exported learner, recomputed from the images on disk."
     from .train import load_data
     run = load_run(run_dir)
-    recipe = Recipe.model_validate(run.recipe)
+    recipe = recipe_of_run(run.recipe)
     data = load_data(recipe, data_root)
     learn = load_run_learner(run_dir)
     vocab = [str(v) for v in learn.dls.vocab]

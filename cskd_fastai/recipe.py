@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from .methods import METHODS, Method, safe_component
 
-__all__ = ["Recipe", "RecipeError", "load_recipe", "apply_overrides", "Method", "DatasetCfg", "ModelCfg", "TrainCfg",
+__all__ = ["Recipe", "RecipeError", "load_recipe", "apply_overrides", "recipe_of_run", "Method", "DatasetCfg", "ModelCfg", "TrainCfg",
            "safe_component"]
 
 def _component(v: Optional[str]) -> Optional[str]:
@@ -115,6 +115,19 @@ class Recipe(_Strict):
     def seed(self) -> int: return self.seeds[0]
 
     def to_yaml(self) -> str: return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+def recipe_of_run(data: dict) -> Recipe:
+    """The `Recipe` of a run directory's recipe.yaml. Runs written before methods had configs of their own stored
+    every method field on every method (`lam` on `ce`, say): keys a method does not know are dropped for them."""
+    try: return Recipe.model_validate(data)
+    except ValidationError:
+        data = copy.deepcopy(data)
+        known = {m.model_fields["name"].default: set(m.model_fields) for m in METHODS}
+        for m in data.get("methods") or []:
+            if isinstance(m, dict) and m.get("name") in known:
+                for k in [k for k in m if k not in known[m["name"]]]: m.pop(k)
+        return Recipe.model_validate(data)
 
 
 def _fmt_error(src: str, e: ValidationError) -> str:

@@ -424,3 +424,13 @@ def test_loading_a_verified_export_does_not_repeat_fasts_pickle_warning(small_ru
         warnings.simplefilter("always")
         load_run_learner(small_run)
     assert not [w for w in caught if "pickle" in str(w.message)], [str(w.message) for w in caught]
+
+
+def test_runs_written_before_method_configs_still_evaluate(small_run, tmp_path):
+    "Older resolved recipes stored every method field on every method (lam on ce): eval still reads them."
+    run = _copy(small_run, tmp_path / "old")
+    rec = yaml.safe_load((run / "recipe.yaml").read_text())
+    rec["methods"][0].update(lam=1.0, temp=4.0, lam_warmup=0.0, smoothing=0.1)
+    (run / "recipe.yaml").write_text(yaml.safe_dump(rec))
+    code, out = cli("eval", run)
+    assert code == 0, out
