@@ -6,6 +6,10 @@ for that sample in the previous epoch (the one-hot label in the first epoch) and
 t of T (α_T = 0.8), as in the authors' code. The loss is cross-entropy against these soft targets; validation is
 plain CE. The store of last-epoch predictions holds N × C numbers: 50k × 100 floats (CIFAR-100) is 20 MB, ImageNet's
 1.28M × 1000 is 5.1 GB in float32 or 2.6 GB with `store_dtype=torch.float16` (kept on the training device).
+
+Limitation: under multi-process training each process keeps its own store and updates only the samples it saw;
+a sample another process saw last epoch falls back to its one-hot label (or an older prediction). Exact PS-KD
+across processes would all-gather the updates each step; it is not implemented.
 """
 from __future__ import annotations
 
