@@ -34,7 +34,6 @@ def _check_lam(lam) -> None:
                                         f"progress, got {lam!r}") from None
 
 
-def _check_temp(temp) -> None: check_temp(temp)   # one rule for every method's temperature
 
 
 def _check_warmup(warmup) -> None:
@@ -76,7 +75,7 @@ class CSKD(Callback):
 
     def __init__(self, lam: LamSchedule = 1.0, temp: float = 4.0, lam_warmup: float = 0.0, log_stats: bool = True,
                  variant: str = "published", tckd_weight: float = 0.0, nckd_weight: float = 1.0):
-        _check_lam(lam); _check_temp(temp); _check_warmup(lam_warmup)
+        _check_lam(lam); check_temp(temp); _check_warmup(lam_warmup)   # check_temp: one rule for every method
         if callable(lam) and lam_warmup > 0:
             raise ValueError("pass either a λ schedule (e.g. warmup_schedule(lam, w)) or lam_warmup, not both: they "
                              "would multiply")
