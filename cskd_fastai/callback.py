@@ -5,13 +5,14 @@ Yun, Park, Lee, Shin, "Regularizing Class-wise Predictions via Self-knowledge Di
 from __future__ import annotations
 
 import math
+from functools import partial
 from typing import Callable, Union
 
 import torch
 import torch.nn.functional as F
 from fastai.callback.core import Callback
 from fastai.callback.mixup import MixUp, CutMix
-from fastai.learner import Metric
+from fastai.learner import ValueMetric
 from fastai.torch_core import find_bs
 
 from .data import PairedDL, paired_dls
@@ -34,8 +35,6 @@ def _check_lam(lam) -> None:
                                         f"progress, got {lam!r}") from None
 
 
-
-
 def _check_warmup(warmup) -> None:
     if isinstance(warmup, bool) or not isinstance(warmup, (int, float)) or not 0 <= warmup <= 1:
         raise ValueError(f"lam_warmup must be a fraction of training in [0, 1], got {warmup!r}")
@@ -48,15 +47,7 @@ def warmup_schedule(lam: float, warmup: float) -> Callable[[float], float]:
     return _sched
 
 
-class _TrainStat(Metric):
-    "One per-epoch training statistic of `CSKD`, exposed as a metric so Recorder, CSVLogger and progress bars show it."
-    def __init__(self, cb: "CSKD", key: str): self.cb, self.key = cb, key
-    def reset(self): pass                                   # accumulated by the callback on training batches
-    def accumulate(self, learn): pass
-    @property
-    def value(self): return self.cb.epoch_stats().get(self.key)
-    @property
-    def name(self): return self.key
+def _is_stat(m) -> bool: return getattr(m, "cskd_stat", False)
 
 
 VARIANTS = ("published", "decoupled", "gated", "in_batch")
@@ -99,14 +90,15 @@ class CSKD(Callback):
         if not isinstance(self.dls.train, PairedDL):  # a plain learner: pair its training loader for this fit
             self._restore_dls, self.learn.dls = self.dls, paired_dls(self.dls)
         self._first_batch = True
-        self.learn.metrics = [m for m in self.learn.metrics if not isinstance(m, _TrainStat)]
-        if self.log_stats:
-            self._stat_mets = [_TrainStat(self, k) for k in _STATS]
+        self.learn.metrics = [m for m in self.learn.metrics if not _is_stat(m)]
+        if self.log_stats:   # fastai's ValueMetric: Recorder, CSVLogger and progress bars show each statistic
+            self._stat_mets = [ValueMetric(partial(self._stat, k), k) for k in _STATS]
+            for m in self._stat_mets: m.cskd_stat = True
             self.learn.metrics = list(self.learn.metrics) + self._stat_mets
 
     def after_fit(self):
         # leave the learner as we found it: no training-only metrics or loaders in `learn`, exports stay plain
-        self.learn.metrics = [m for m in self.learn.metrics if not isinstance(m, _TrainStat)]
+        self.learn.metrics = [m for m in self.learn.metrics if not _is_stat(m)]
         if self._restore_dls is not None: self.learn.dls, self._restore_dls = self._restore_dls, None
 
     def before_train(self): self._sums = None
@@ -168,6 +160,8 @@ class CSKD(Callback):
                            torch.tensor(float(b), device=ce.device)])
         self._sums = row if self._sums is None else self._sums + row  # stays on device: one sync per epoch
         self._lam = lam
+
+    def _stat(self, key: str): return self.epoch_stats().get(key)
 
     def epoch_stats(self) -> dict:
         "Means over this epoch's training anchors: CE, KD, λ, partner confidence and entropy (at T), anchor confidence."
