@@ -4,7 +4,6 @@ Yun, Park, Lee, Shin, "Regularizing Class-wise Predictions via Self-knowledge Di
 """
 from __future__ import annotations
 
-import math
 from functools import partial
 from typing import Callable, Union
 
@@ -71,9 +70,7 @@ class CSKD(Callback):
             raise ValueError("pass either a λ schedule (e.g. warmup_schedule(lam, w)) or lam_warmup, not both: they "
                              "would multiply")
         if variant not in VARIANTS: raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
-        for w, n in ((tckd_weight, "tckd_weight"), (nckd_weight, "nckd_weight")):
-            if isinstance(w, bool) or not isinstance(w, (int, float)) or not math.isfinite(w) or w < 0:
-                raise ValueError(f"{n} must be a finite number >= 0, got {w!r}")
+        check_weight(tckd_weight, "tckd_weight"); check_weight(nckd_weight, "nckd_weight")
         self.lam, self.temp, self.lam_warmup, self.log_stats = lam, float(temp), float(lam_warmup), log_stats
         self.variant, self.tckd_weight, self.nckd_weight = variant, float(tckd_weight), float(nckd_weight)
         self._restore_dls, self._sums, self._stat_mets = None, None, []
