@@ -214,3 +214,29 @@ def test_every_method_trains_from_a_recipe(tmp_path):
         assert 0 <= m["test"]["top1_err"] <= 1
     st = load_checkpoint(tmp_path / "o" / "all" / "pskd-a0.8" / "seed0")
     assert st["cbs"]["PSKD"]["store"].shape[1] == 3 and bool(st["cbs"]["PSKD"]["seen"].all())
+
+
+# ---- precision: every loss term computes in at least float32 ------------------------------------------------
+def _loss_terms():
+    from cskd_fastai.losses import class_wise_kd, soft_cross_entropy, teacher_kd
+    y = torch.tensor([0, 2, 1, 2])
+    soft = F.one_hot(y, 5).float() * 0.7 + 0.06
+    return [("class_wise_kd", lambda s, t: class_wise_kd(s, t, 4.0)),
+            ("softened_kl_per_sample", lambda s, t: softened_kl_per_sample(s, t, 4.0)),
+            ("decoupled_kd", lambda s, t: decoupled_kd(s, t, y, 4.0, 0.5, 1.0)),
+            ("informativeness", lambda s, t: informativeness(t, 4.0)),
+            ("tf_kd_loss", lambda s, t: tf_kd_loss(s, y)),
+            ("soft_cross_entropy", lambda s, t: soft_cross_entropy(s, soft)),
+            ("teacher_kd", lambda s, t: teacher_kd(s, t, 4.0))]
+
+
+@pytest.mark.parametrize("name, fn", _loss_terms(), ids=[n for n, _ in _loss_terms()])
+def test_loss_terms_upcast_low_precision_logits(name, fn):
+    g = torch.Generator().manual_seed(0)
+    s, t = torch.randn(4, 5, generator=g) * 3, torch.randn(4, 5, generator=g) * 3
+    sb, tb = s.bfloat16(), t.bfloat16()
+    out = fn(sb, tb)
+    assert out.dtype == torch.float32, f"{name} computed in {out.dtype}"
+    # the same numbers as float32 on the bf16-rounded inputs: the upcast happens before any arithmetic
+    assert torch.allclose(out, fn(sb.float(), tb.float()), rtol=1e-6, atol=1e-7)
+    assert fn(s.double(), t.double()).dtype == torch.float64        # float64 is never downcast

@@ -16,16 +16,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .precision import at_least_float32
+
 __all__ = ["tckd_nckd", "decoupled_kd", "informativeness"]
-
-
-def upcast(x: Tensor) -> Tensor:
-    return x.to(torch.promote_types(x.dtype, torch.float32))
 
 
 def tckd_nckd(student_logits: Tensor, target_logits: Tensor, labels: Tensor, temp: float) -> tuple[Tensor, Tensor, Tensor]:
     "Per-sample `(TCKD, NCKD, 1 - p_t[y])` at temperature `temp` (no T² factor); the target side is detached."
-    zs, zt = upcast(student_logits) / temp, upcast(target_logits.detach()) / temp
+    zs, zt = at_least_float32(student_logits) / temp, at_least_float32(target_logits.detach()) / temp
     y = labels.long()[:, None]
     ls, lt = F.log_softmax(zs, -1), F.log_softmax(zt, -1)
     ps_y, pt_y = ls.gather(1, y).exp().squeeze(1), lt.gather(1, y).exp().squeeze(1)
@@ -51,6 +49,6 @@ def decoupled_kd(student_logits: Tensor, target_logits: Tensor, labels: Tensor, 
 
 def informativeness(target_logits: Tensor, temp: float) -> Tensor:
     "Per-sample 1 - H(softmax(target/T)) / log C in [0, 1]: 0 for a uniform target, 1 for a one-hot one."
-    lp = F.log_softmax(upcast(target_logits.detach()) / temp, -1)
+    lp = F.log_softmax(at_least_float32(target_logits.detach()) / temp, -1)
     h = -(lp.exp() * lp).sum(-1)
     return (1 - h / torch.log(torch.tensor(float(lp.shape[-1]), dtype=lp.dtype, device=lp.device))).clamp(0, 1)

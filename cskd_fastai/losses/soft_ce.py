@@ -3,16 +3,17 @@
 (1 - α_t)·one-hot + α_t·(the model's own prediction for the sample in the previous epoch)."""
 from __future__ import annotations
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from .precision import at_least_float32
 
 __all__ = ["soft_cross_entropy", "SoftTargetCE"]
 
 
 def soft_cross_entropy(logits: Tensor, targets: Tensor) -> Tensor:
     "Batch mean of -Σ_k t_k log softmax(z)_k; integer targets are one-hot (plain CE)."
-    z = logits.to(torch.promote_types(logits.dtype, torch.float32))
+    z = at_least_float32(logits)
     if not targets.is_floating_point(): return F.cross_entropy(z, targets.long())
     return -(targets.to(z.dtype) * F.log_softmax(z, dim=1)).sum(1).mean()
 

@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .precision import at_least_float32
+
 __all__ = ["designed_teacher", "tf_kd_loss", "TfKDLoss"]
 
 
@@ -28,7 +30,7 @@ def tf_kd_loss(logits: Tensor, labels: Tensor, a: float = 0.9, temp: float = 20.
                reduction: str = "mean") -> Tensor:
     """(1 - alpha)·CE + alpha·KL(softmax(p_d/T) ‖ softmax(logits)) per sample, in at least float32, then the batch
     mean (`reduction='mean'`), sum or none (MixUp/CutMix ask for per-sample losses)."""
-    z = logits.to(torch.promote_types(logits.dtype, torch.float32))
+    z = at_least_float32(logits)
     teacher = F.softmax(designed_teacher(labels, z.shape[1], a, z.dtype) / temp, dim=1)
     kd = (teacher * (teacher.log() - F.log_softmax(z, dim=1))).sum(1)
     per = (1 - alpha) * F.cross_entropy(z, labels.long(), reduction="none") + alpha * kd
