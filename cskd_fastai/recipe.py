@@ -76,7 +76,8 @@ class TrainCfg(_Strict):
                                                      "(cskd_fastai.cache): in memory, or a .npy under <out>/.cache")
     select: Literal["last", "best_valid"] = Field("last", description="report the last epoch or the best on VALID")
     drop_last: bool = False
-    malloc_trim_every: int = Field(50, ge=0, description="give freed memory back to the OS (glibc malloc_trim) every N training batches and after each epoch; 0: never (cskd_fastai.callbacks.memory)")
+    malloc_trim_every: int = Field(50, ge=0, description="give freed memory back to the OS (glibc malloc_trim) every "
+                                   "N training batches and after each epoch; 0: never (cskd_fastai.callbacks.memory)")
 
 
     @field_validator("milestones")
