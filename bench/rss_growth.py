@@ -11,8 +11,8 @@ temporary --out) and reads the process tree's resident set size (main process + 
 /proc) when each `epoch k/N` line appears. Reported: RSS per epoch, the growth per epoch fitted over the epochs
 after the first two (allocator and cache warm-up) on the main process (DataLoader workers are forked from it anew
 every epoch), and the ratio last/third epoch. `--set train.malloc_trim_every=0` gives the 'before' of the fix
-(`cskd_fastai.callbacks.memory`). Target: growth under 5 MB per
-epoch (the noise of glibc's allocator), i.e. a 100-epoch run ends within ~0.5 GB of where its third epoch was.
+(`cskd_fastai.callbacks.memory`). Target: growth under 5 MB per epoch (the noise of glibc's allocator), i.e. a
+100-epoch run ends within ~0.5 GB of where its third epoch was.
 """
 from __future__ import annotations
 
@@ -36,17 +36,14 @@ def tree_rss_mb(pid: int) -> tuple[float, float]:
         try: ppid = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
         except (OSError, IndexError, ValueError): continue
         kids.setdefault(ppid, []).append(int(d.name))
-    main, total, todo = 0.0, 0.0, [pid]
+    def rss(p: int) -> float:
+        try: return next(int(l.split()[1]) / 1024 for l in Path(f"/proc/{p}/status").read_text().splitlines()
+                         if l.startswith("VmRSS:"))
+        except (OSError, StopIteration): return 0.0
+    tree, todo = [], [pid]
     while todo:
-        p = todo.pop()
-        try:
-            for line in Path(f"/proc/{p}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    total += int(line.split()[1]) / 1024
-                    if p == pid: main = total
-        except OSError: pass
-        todo += kids.get(p, [])
-    return main, total
+        p = todo.pop(); tree.append(p); todo += kids.get(p, [])
+    return rss(pid), sum(rss(p) for p in tree)
 
 
 def slope(xs, ys) -> float:
@@ -71,7 +68,8 @@ def main():
         rp = Path(tmp) / Path(a.recipe).name
         rp.write_text(yaml.safe_dump(rec))
         cmd = [sys.executable, "-m", "cskd_fastai", "train", str(rp), "--out", str(Path(tmp) / "out"), "--no-progress",
-               "--seed", "0", "--only", a.only] + [x for kv in a.set for x in ("--set", kv)] + (["--data-root", a.data_root] if a.data_root else [])
+               "--seed", "0", "--only", a.only] + [x for kv in a.set for x in ("--set", kv)]
+        if a.data_root: cmd += ["--data-root", a.data_root]
         env = dict(os.environ, OMP_NUM_THREADS=str(a.threads), MKL_NUM_THREADS=str(a.threads))
         print(f"# {' '.join(cmd[3:])}  (threads {a.threads}, torch threads via OMP_NUM_THREADS)", flush=True)
         p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
@@ -82,8 +80,8 @@ def main():
                 main_mb, tree_mb = tree_rss_mb(p.pid)
                 rows.append((int(m.group(1)), main_mb))
                 t = re.search(r"time=(\S+)", line)
-                print(f"epoch {rows[-1][0]:3d}  rss {main_mb:8.1f} MB (with workers {tree_mb:8.1f})  epoch time {t.group(1) if t else '?'}  "
-                      f"({time.time() - t0:.0f} s)", flush=True)
+                print(f"epoch {rows[-1][0]:3d}  rss {main_mb:8.1f} MB (with workers {tree_mb:8.1f})  "
+                      f"epoch time {t.group(1) if t else '?'}  ({time.time() - t0:.0f} s)", flush=True)
             elif line.startswith("error"): print(line.rstrip(), flush=True)
         rc = p.wait()
     if rc or len(rows) < 4: sys.exit(f"the run failed (rc {rc}) or logged under 4 epochs; nothing to report")

@@ -202,7 +202,8 @@ def _train_locked(recipe: Recipe, run_dir: Path, data: ImageDataset, resume: boo
     guard = DivergenceGuard(tc.lr)
     ckpt_cb = EpochCheckpoint(run_dir, tc.select, best, state)
     cbs = [guard, HistoryCSV(run_dir / R.HISTORY, start_epoch), ckpt_cb] if main else [guard]
-    if tc.malloc_trim_every: cbs.append(ReleaseMemory(tc.malloc_trim_every))   # glibc keeps freed buffers: RSS grew each epoch
+    # glibc keeps freed buffers: without the trim a long CPU run's RSS grew every epoch
+    if tc.malloc_trim_every: cbs.append(ReleaseMemory(tc.malloc_trim_every))
     log(f"training {recipe.name} / {meth.run_label} / seed {recipe.seed}: {n_train} train, "
         f"{len(dls.valid_ds)} valid, {len(dls.loaders[2].dataset)} test images, {len(data.classes)} classes"
         + (f"; {D.world_size()} processes x {tc.bs} anchors per step" if D.is_distributed() else ""))

@@ -40,7 +40,7 @@ class ReleaseMemory(Callback):
     """Call `malloc_trim` every `every` training batches and after each epoch, so a long run's resident memory stays
     where its first epochs put it (no-op without glibc). `cskd-fastai train` adds it to every run
     (`train.malloc_trim_every`, 0 turns it off); add it yourself to a Python `fit` on CPU:
-    `learn.fit(100, cbs=ReleaseMemory())`. A trim of a ~1.5 GB heap takes a few milliseconds."""
+    `learn.fit(100, cbs=ReleaseMemory())`. Its cost did not show in cub100 epoch times (docs/performance.md)."""
     order, run_valid = 100, True
     def __init__(self, every: int = 50, trim: Callable[[], object] = malloc_trim):
         if isinstance(every, bool) or not isinstance(every, int) or every < 1:
