@@ -43,7 +43,8 @@ def tree_rss_mb(pid: int) -> tuple[float, float]:
     tree, todo = [], [pid]
     while todo:
         p = todo.pop(); tree.append(p); todo += kids.get(p, [])
-    return rss(pid), sum(rss(p) for p in tree)
+    sizes = {p: rss(p) for p in tree}                # one read per process: main and total from the same moment
+    return sizes[pid], sum(sizes.values())
 
 
 def slope(xs, ys) -> float:

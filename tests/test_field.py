@@ -388,22 +388,21 @@ def test_a_full_disk_says_so_and_keeps_the_last_checkpoint(tmp_path, monkeypatch
 
 
 # ---- 9: divergence ------------------------------------------------------------------------------------------
-def _exploding(factor: float):
-    "DivergenceGuard.after_loss that first scales every training loss by `factor`: a finite blow-up in epoch 1."
+def _scale_training_loss(monkeypatch, factor: float, from_epoch: int = 0):
+    "Make DivergenceGuard see every training loss times `factor` from epoch `from_epoch` on (nan: a NaN loss)."
     from cskd_fastai import train as T
     stock = T.DivergenceGuard.after_loss
     def scaled(self):
-        if self.training: self.learn.loss = self.learn.loss * factor
+        if self.training and self.epoch >= from_epoch: self.learn.loss = self.learn.loss * factor
         stock(self)
-    return scaled
+    monkeypatch.setattr(T.DivergenceGuard, "after_loss", scaled)
 
 
 # The finite blow-up is made deterministic: at lr 30 the real loss explodes too, but whether in epoch 1 or 2 depends
 # on the machine's float rounding (seen: epoch 2 on one CPU, epoch 1 on another), which the guard does not care about.
 @pytest.mark.parametrize("lr,factor,words", [(1e4, 1.0, "NaN or infinite"), (0.1, 1e4, "the training loss reached")])
 def test_divergence_stops_with_one_line(tmp_path, monkeypatch, lr, factor, words):
-    from cskd_fastai import train as T
-    if factor != 1.0: monkeypatch.setattr(T.DivergenceGuard, "after_loss", _exploding(factor))
+    if factor != 1.0: _scale_training_loss(monkeypatch, factor)
     recipe = _recipe(tmp_path / "r.yaml", "q", "digits", epochs=3, methods=[dict(name="ce")])
     code, out = cli("train", recipe, "--out", tmp_path / "o", "--no-progress", "--set", f"train.lr={lr}",
                     "--set", "dataset.image_size=8", "--set", "train.bs=64")
@@ -414,16 +413,10 @@ def test_divergence_stops_with_one_line(tmp_path, monkeypatch, lr, factor, words
 
 
 def test_divergence_after_good_epochs_keeps_their_checkpoint(tmp_path, monkeypatch):
-    from cskd_fastai import train as T
     from cskd_fastai.rundir import load_checkpoint
     folder = make_imagefolder(tmp_path / "d", n_per_class=6, n_classes=3, n_test_per_class=2)
     recipe = _recipe(tmp_path / "r.yaml", "tiny", "imagefolder", folder, epochs=4)
-    stock = T.DivergenceGuard.after_loss
-
-    def poisoned(self):                                              # the loss turns NaN in the third epoch
-        if self.epoch == 2: self.learn.loss = self.learn.loss * float("nan")
-        stock(self)
-    monkeypatch.setattr(T.DivergenceGuard, "after_loss", poisoned)
+    _scale_training_loss(monkeypatch, float("nan"), from_epoch=2)   # the loss turns NaN in the third epoch
     code, out = cli("train", recipe, "--out", tmp_path / "o", "--no-progress")
     assert code == 1 and "diverged in epoch 3" in out and "checkpoint (epoch 2) is kept" in out, out
     run = tmp_path / "o" / "tiny" / "ce" / "seed0"
