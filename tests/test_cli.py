@@ -324,3 +324,25 @@ def test_compare_one_seed_prints_no_std_and_temperature_columns(trained):
     row = next(l for l in out.splitlines() if "| ce |" in l)
     assert "±" not in row and "| 1 |" in row
     assert "fitted by NLL on the validation split" in out
+
+
+def _logits_run(d: Path, logits: torch.Tensor, labels: torch.Tensor) -> Path:
+    from cskd_fastai.rundir import LOGITS
+    d.mkdir(parents=True)
+    torch.save({"test": {"logits": logits, "labels": labels}, "classes": ["a", "b", "c"]}, d / LOGITS)
+    return d
+
+
+def test_paired_test_pairs_runs_with_renamed_class_indices(tmp_path):
+    "Runs archived before #18 stored labels in loader order: same images, class indices renamed; still pairable."
+    y = torch.tensor([0, 0, 1, 1, 2, 2])
+    hit = lambda y, right: torch.nn.functional.one_hot(torch.where(torch.tensor(right).bool(), y, (y + 1) % 3), 3).float()
+    perm = torch.tensor([2, 0, 1])     # old index of each new class: b is 0, c is 1, a is 2 in the old run
+    a = _logits_run(tmp_path / "new", hit(y, [1, 1, 1, 0, 0, 0]), y)
+    b = _logits_run(tmp_path / "old", hit(perm[y], [1, 0, 0, 0, 0, 0]), perm[y])
+    script = [sys.executable, str(ROOT / "docs/scripts/paired_test.py")]
+    r = subprocess.run(script + [str(a), str(b)], capture_output=True, text=True, env=ENV, timeout=120)
+    assert r.returncode == 0 and "A right, B wrong: 2  B right, A wrong: 0" in r.stdout, r.stdout + r.stderr
+    c = _logits_run(tmp_path / "other", hit(y, [1] * 6), torch.tensor([0, 1, 1, 1, 2, 2]))   # not a renaming
+    r = subprocess.run(script + [str(a), str(c)], capture_output=True, text=True, env=ENV, timeout=120)
+    assert r.returncode != 0 and "not evaluated on the same test labels" in r.stderr
