@@ -36,7 +36,7 @@ from .examples import EXAMPLES, read_examples, write_examples  # noqa: F401  (th
 from .recipe import safe_component
 from .safeio import disk_full_message, save_atomic, sha256  # noqa: F401  (re-exported)
 
-__all__ = ["RunDirError", "RunLockedError", "Run", "load_run", "load_logits", "load_run_learner", "find_runs",
+__all__ = ["RunDirError", "RunLockedError", "Run", "load_run", "load_logits", "save_logits", "load_run_learner", "find_runs",
            "finished_runs", "is_done", "archive_run", "ARCHIVED", "run_lock", "record_hash", "verify_hash",
            "read_json", "read_yaml", "load_checkpoint", "save_atomic", "save_hashed", "disk_full_message", "EXAMPLES",
            "write_examples", "read_examples"]
@@ -212,6 +212,15 @@ def load_run(path) -> Run:
     if not isinstance(metrics, dict) or not isinstance(recipe, dict):
         raise RunDirError(f"run dir {path}: {METRICS} or {RECIPE} is not a mapping; retrain the run")
     return Run(path, recipe, metrics)
+
+
+def save_logits(run_dir, splits: dict, classes) -> Path:
+    """Write `logits.pt` atomically: `splits` maps 'valid'/'test' to (logits, labels); `classes` names the logits'
+    columns in order. The one writer of the format `load_logits` reads."""
+    d = {name: {"logits": z.detach().float().cpu(), "labels": y.detach().long().cpu()} for name, (z, y) in splits.items()}
+    d["classes"] = [str(c) for c in classes]
+    save_atomic(lambda t: torch.save(d, t), Path(run_dir) / LOGITS)
+    return Path(run_dir) / LOGITS
 
 
 def load_logits(path, split: str = "test") -> tuple[torch.Tensor, torch.Tensor, list]:

@@ -90,24 +90,25 @@ def run_dir_for(recipe: Recipe, out: Path) -> Path:
 
 
 def _final_eval(learn, data: ImageDataset) -> tuple[dict, dict]:
+    "Metrics and (logits, labels) of the valid and test splits, columns in the dataset's class order."
     from fastcore.basics import noop
     vocab = [str(v) for v in learn.dls.vocab]
     if vocab != [str(c) for c in data.classes]:   # build_dls keeps the loader's order; anything else is a bug
         raise RuntimeError(f"the learner's vocabulary is not the dataset's class order ({vocab[:3]} vs {data.classes[:3]})")
-    out, logits = {}, {"classes": vocab}   # the order of the logits' columns and of the labels
+    metrics, splits = {}, {}
     for name, idx in (("valid", 1), ("test", 2)):
         preds, targs = learn.get_preds(ds_idx=idx, act=noop)
-        out[name] = classification_metrics(preds, targs)
-        logits[name] = {"logits": preds.float().cpu(), "labels": targs.long().cpu()}
-    return out, logits
+        metrics[name] = classification_metrics(preds, targs)
+        splits[name] = (preds.float().cpu(), targs.long().cpu())
+    return metrics, splits
 
 
-def _plots(run_dir: Path, logits: dict, title: str) -> None:
+def _plots(run_dir: Path, test: tuple, title: str) -> None:
     import matplotlib; matplotlib.use("Agg")
     import pandas as pd
     from matplotlib.figure import Figure
     from .calibration import reliability_diagram
-    ax = reliability_diagram(logits["test"]["logits"], logits["test"]["labels"], title=f"{title} (test)")
+    ax = reliability_diagram(*test, title=f"{title} (test)")
     ax.figure.savefig(run_dir / "reliability.png", dpi=110, bbox_inches="tight")
     hist = pd.read_csv(run_dir / R.HISTORY)
     fig = Figure(figsize=(10, 3.6)); a1, a2 = fig.subplots(1, 2)
@@ -236,19 +237,19 @@ def _finish_run(recipe: Recipe, run_dir: Path, data: ImageDataset, learn, dls, n
     if tc.select == "best_valid" and (run_dir / "best.pth").exists():
         learn.model.load_state_dict(torch.load(run_dir / "best.pth", map_location="cpu"))
         selected = R.load_checkpoint(run_dir)["best"]["epoch"]
-    metrics, logits = _final_eval(learn, data)
+    metrics, splits = _final_eval(learn, data)
     facts = dict(label=meth.run_label, recipe=recipe.name, dataset=recipe.dataset.name, model=recipe.model.arch,
                  method=meth.name, **meth.facts(), mix=meth.mix, seed=recipe.seed, epochs=tc.epochs, selected_epoch=selected + 1, select=tc.select,
                  schedule=tc.schedule, image_size=recipe.dataset.image_size, bs=tc.bs, lr=tc.lr,
                  n_train=n_train, n_valid=len(dls.valid_ds), n_test=len(dls.loaders[2].dataset),
                  wall_time_s=round(wall, 1), resumed=resuming, world_size=world_size)
     result = dict(valid=metrics["valid"], test=metrics["test"], facts=facts)
-    R.save_atomic(lambda t: torch.save(logits, t), run_dir / R.LOGITS)
+    R.save_logits(run_dir, splits, data.classes)
     if recipe.train.cache != "none":   # the export predicts on image files: give it the plain (decoding) pipeline
         learn.dls = build_dls(recipe, data, recipe.seed, paired=False, device=dls.device)
     R.save_hashed(lambda t: learn.export(Path(t).resolve()), run_dir, R.EXPORT)
     R.write_examples(run_dir, data.test.items, data.test.labels, data.classes)
-    try: _plots(run_dir, logits, meth.run_label)
+    try: _plots(run_dir, splits["test"], meth.run_label)
     except OSError as e:
         msg = R.disk_full_message(run_dir / "reliability.png", e)
         raise OSError(e.errno, msg) if msg else e

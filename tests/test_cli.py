@@ -327,10 +327,21 @@ def test_compare_one_seed_prints_no_std_and_temperature_columns(trained):
 
 
 def _logits_run(d: Path, logits: torch.Tensor, labels: torch.Tensor) -> Path:
-    from cskd_fastai.rundir import LOGITS
+    from cskd_fastai.rundir import save_logits
     d.mkdir(parents=True)
-    torch.save({"test": {"logits": logits, "labels": labels}, "classes": ["a", "b", "c"]}, d / LOGITS)
+    save_logits(d, {"test": (logits, labels)}, ["a", "b", "c"])
     return d
+
+
+def test_save_logits_round_trips_through_load_logits(tmp_path):
+    "The one writer of logits.pt and its reader agree: per split, columns named by `classes`, labels as long."
+    from cskd_fastai.rundir import load_logits, save_logits
+    z, y = torch.randn(4, 3, dtype=torch.float16), torch.tensor([2, 0, 1, 2], dtype=torch.int32)
+    save_logits(tmp_path, {"valid": (z[:2], y[:2]), "test": (z, y)}, [10, "b", "c"])
+    lz, ly, classes = load_logits(tmp_path, "test")
+    assert lz.dtype == torch.float32 and torch.equal(lz, z.float()) and ly.dtype == torch.long and ly.tolist() == [2, 0, 1, 2]
+    assert classes == ["10", "b", "c"] and load_logits(tmp_path, "valid")[0].shape == (2, 3)
+    assert not list(tmp_path.glob("*.tmp*"))      # written atomically: no temporary left behind
 
 
 def test_paired_test_pairs_runs_with_renamed_class_indices(tmp_path):

@@ -26,7 +26,7 @@ from PIL import Image
 from torch import nn
 
 from ..distributed import free_port  # noqa: F401  (one implementation; re-exported for the server tests)
-from ..rundir import DONE, ENV, EXPORT, HISTORY, LOGITS, METRICS, RECIPE, save_hashed, write_examples
+from ..rundir import DONE, ENV, EXPORT, HISTORY, METRICS, RECIPE, save_hashed, save_logits, write_examples
 from .replicas import class_colour
 
 __all__ = ["make_tiny_run", "write_tiny_imagefolder", "tiny_cnn", "TINY_CLASSES", "free_port", "serve"]
@@ -105,8 +105,7 @@ def make_tiny_run(root, method: str = "cskd", seed: int = 0, epochs: int = 1, la
     test_items = sorted(get_image_files(data / "test"))
     splits = {"valid": _logits(learn, list(dls.valid_ds.items)), "test": _logits(learn, test_items)}
     classes = [str(c) for c in dls.vocab]
-    torch.save({s: {"logits": z, "labels": y} for s, (z, y) in splits.items()} | {"classes": classes},
-               run / LOGITS)
+    save_logits(run, splits, classes)
     facts = {"label": label, "recipe": "tiny", "dataset": "imagefolder", "model": "tiny_cnn", "method": method,
              "lam": lam if cskd else None, "temp": temp if cskd else None, "seed": seed, "epochs": epochs,
              "image_size": _SIZE, "n_train": len(dls.train_ds), "n_valid": len(dls.valid_ds), "n_test": len(test_items)}

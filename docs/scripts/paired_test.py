@@ -11,10 +11,6 @@ import torch
 
 from cskd_fastai.rundir import RunDirError, load_logits
 
-if len(sys.argv) != 3: sys.exit("usage: paired_test.py RUN_DIR_A RUN_DIR_B  (two run directories with logits.pt)")
-try: (la, ya, _), (lb, yb, _) = (load_logits(d, "test") for d in sys.argv[1:])
-except RunDirError as e: sys.exit(f"paired_test.py: {e}")
-
 
 def same_images(ya: torch.Tensor, yb: torch.Tensor) -> bool:
     "Labels equal up to a renaming of class indices (runs before #18 stored labels in the loader's class order)."
@@ -23,6 +19,9 @@ def same_images(ya: torch.Tensor, yb: torch.Tensor) -> bool:
     return len(pairs) == len({a for a, _ in pairs}) == len({b for _, b in pairs})
 
 
+if len(sys.argv) != 3: sys.exit("usage: paired_test.py RUN_DIR_A RUN_DIR_B  (two run directories with logits.pt)")
+try: (la, ya, _), (lb, yb, _) = (load_logits(d, "test") for d in sys.argv[1:])
+except RunDirError as e: sys.exit(f"paired_test.py: {e}")
 if not same_images(ya, yb):
     sys.exit("paired_test.py: the two runs were not evaluated on the same test labels; pair runs of one dataset split")
 ra, rb = la.argmax(-1) == ya, lb.argmax(-1) == yb
