@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,7 +38,7 @@ from .recipe import safe_component
 from .safeio import disk_full_message, save_atomic, sha256  # noqa: F401  (re-exported)
 
 __all__ = ["RunDirError", "RunLockedError", "Run", "load_run", "load_logits", "save_logits", "load_run_learner", "find_runs",
-           "finished_runs", "is_done", "archive_run", "ARCHIVED", "run_lock", "record_hash", "verify_hash",
+           "finished_runs", "is_done", "save_metrics", "mark_done", "archive_run", "ARCHIVED", "run_lock", "record_hash", "verify_hash",
            "read_json", "read_yaml", "load_checkpoint", "save_atomic", "save_hashed", "disk_full_message", "EXAMPLES",
            "write_examples", "read_examples"]
 
@@ -190,6 +191,16 @@ class Run:
 
 
 def is_done(path) -> bool: return (Path(path) / DONE).exists()
+
+
+def save_metrics(run_dir, metrics: dict) -> None:
+    "Write metrics.json atomically (`{'valid': ..., 'test': ..., 'facts': ...}`)."
+    save_atomic(lambda t: Path(t).write_text(json.dumps(metrics, indent=2)), Path(run_dir) / METRICS)
+
+
+def mark_done(run_dir) -> None:
+    "Write DONE (the finishing time): the last file of a run, after which readers treat it as finished."
+    (Path(run_dir) / DONE).write_text(time.strftime("%Y-%m-%d %H:%M:%S\n"))
 
 
 def _need(path: Path, name: str, what: str) -> Path:

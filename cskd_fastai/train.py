@@ -253,8 +253,8 @@ def _finish_run(recipe: Recipe, run_dir: Path, data: ImageDataset, learn, dls, n
     except OSError as e:
         msg = R.disk_full_message(run_dir / "reliability.png", e)
         raise OSError(e.errno, msg) if msg else e
-    R.save_atomic(lambda t: Path(t).write_text(json.dumps(result, indent=2)), run_dir / R.METRICS)
-    (run_dir / R.DONE).write_text(time.strftime("%Y-%m-%d %H:%M:%S\n"))
+    R.save_metrics(run_dir, result)
+    R.mark_done(run_dir)
     t = result["test"]
     log(f"done {run_dir}: test top1_err={t['top1_err']:.4f} top5_err={t['top5_err']:.4f} "
         f"ece={t['ece']:.4f} nll={t['nll']:.4f} ({wall:.0f}s)")

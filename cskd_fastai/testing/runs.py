@@ -26,7 +26,7 @@ from PIL import Image
 from torch import nn
 
 from ..distributed import free_port  # noqa: F401  (one implementation; re-exported for the server tests)
-from ..rundir import DONE, ENV, EXPORT, HISTORY, METRICS, RECIPE, save_hashed, save_logits, write_examples
+from ..rundir import ENV, EXPORT, HISTORY, RECIPE, mark_done, save_hashed, save_logits, save_metrics, write_examples
 from .replicas import class_colour
 
 __all__ = ["make_tiny_run", "write_tiny_imagefolder", "tiny_cnn", "TINY_CLASSES", "free_port", "serve"]
@@ -110,7 +110,7 @@ def make_tiny_run(root, method: str = "cskd", seed: int = 0, epochs: int = 1, la
              "lam": lam if cskd else None, "temp": temp if cskd else None, "seed": seed, "epochs": epochs,
              "image_size": _SIZE, "n_train": len(dls.train_ds), "n_valid": len(dls.valid_ds), "n_test": len(test_items)}
     metrics = {s: classification_metrics(z, y) for s, (z, y) in splits.items()} | {"facts": facts}
-    (run / METRICS).write_text(json.dumps(metrics, indent=2))
+    save_metrics(run, metrics)
     # the shape of a resolved single-run recipe (cskd_fastai.recipe.Recipe.to_yaml)
     recipe = {"name": "tiny", "description": "make_tiny_run fixture",
               "dataset": {"name": "imagefolder", "root": str(data), "image_size": _SIZE, "valid_pct": 0.25},
@@ -122,7 +122,7 @@ def make_tiny_run(root, method: str = "cskd", seed: int = 0, epochs: int = 1, la
     test_labels = splits["test"][1].tolist()
     write_examples(run, test_items, test_labels, classes)
     (run / ENV).write_text(json.dumps({"made_by": "cskd_fastai.testing.runs.make_tiny_run", "torch": torch.__version__}))
-    (run / DONE).write_text("")
+    mark_done(run)
     return run
 
 
