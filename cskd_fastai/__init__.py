@@ -15,7 +15,7 @@ _WHERE = {"PairedDL": "data", "paired_dls": "data", "dataset_labels": "data", "c
           "class_wise_kd": "losses", "ClassWiseKDLoss": "losses", "CSKD": "callback", "warmup_schedule": "callback",
           "cskd_learner": "learner", "plain_learner": "learner", "CSKDLearner": "learner",
           "cskd_metrics": "metrics", "classification_metrics": "metrics", "PSKD": "callbacks", "TfKDLoss": "losses",
-          "IndexedDL": "data", "ReleaseMemory": "callbacks"}
+          "IndexedDL": "data", "ReleaseMemory": "callbacks", "StoredCSKD": "callbacks"}
 
 __all__ = [*_WHERE, "__version__"]
 

@@ -59,7 +59,7 @@ def build_learner(recipe: Recipe, dls, path: Path):
     meth, tc = recipe.method, recipe.train
     if tc.optimizer == "sgd": opt_func = partial(SGD, mom=tc.momentum, decouple_wd=False)  # PyTorch SGD's L2 decay
     else: opt_func = Adam
-    if meth.paired: check_classes(dls)
+    if meth.class_partners: check_classes(dls)
     learn = plain_learner(dls, _arch(recipe), opt_func=opt_func, loss_func=meth.loss_func(), metrics=cskd_metrics(),
                           wd=tc.wd, wd_bn_bias=True, path=path, model_dir=".", cbs=meth.callbacks(tc.epochs),
                           pretrained=recipe.model.pretrained)
@@ -180,7 +180,7 @@ def _train_locked(recipe: Recipe, run_dir: Path, data: ImageDataset, resume: boo
                     device=D.local_device() if D.is_distributed() else None, cache=cache)
     n_train = len(dataset_labels(dls.train_ds))
     counts = np.bincount(dataset_labels(dls.train_ds), minlength=len(data.classes))
-    if meth.paired and (counts == 1).any():
+    if meth.class_partners and (counts == 1).any():
         log(f"warning: {int((counts == 1).sum())} class(es) have a single training image (e.g. "
             f"{data.classes[int(np.flatnonzero(counts == 1)[0])]!r}): their partner is the image itself")
     learn = build_learner(recipe, dls, run_dir)

@@ -9,13 +9,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 import yaml
-from fastai.callback.core import Callback
+from fastai.callback.core import Callback, CancelFitException
 from fastai.callback.mixup import CutMix
 from fastai.optimizer import SGD
 from torch import nn
 
 from cskd_fastai import CSKD, cskd_learner, plain_learner
-from cskd_fastai.callbacks import PSKD
+from cskd_fastai.callbacks import PSKD, StoredCSKD
 from cskd_fastai.losses import decoupled_kd, informativeness, tckd_nckd, tf_kd_loss
 from cskd_fastai.losses.softened_kl import softened_kl_per_sample
 from cskd_fastai.recipe import Recipe
@@ -189,6 +189,89 @@ def test_in_batch_targets_are_detached():
     assert torch.allclose(gz, want, atol=1e-7) and not torch.allclose(gz, attached, atol=1e-4)
 
 
+# ---- CS-KD with stored partner predictions ------------------------------------------------------------------
+class StoredRows(Callback):
+    "Records (epoch, anchor ids, partner ids, logits, labels, logged loss) of every training batch, and forward passes."
+    order = 50
+    def __init__(self): self.rows, self.forwards = [], 0
+    def after_pred(self):
+        if self.training: self.forwards += 1
+    def after_loss(self):
+        if self.training:
+            cb = self.learn.stored_cskd
+            self.rows.append((self.epoch, cb.idx.clone(), cb.partners.clone(), self.pred.detach().clone(),
+                              self.yb[0].clone(), float(self.learn.loss)))
+
+
+@pytest.mark.parametrize("lam,T,gated", [(2.0, 3.0, False), (1.0, 4.0, True)])
+def test_stored_cskd_matches_hand_computation(image_folder, lam, T, gated):
+    "Same-class partners, their logits the ones stored when they were last anchors, the loss recomputed by hand."
+    dls = make_dls(image_folder, paired=False)
+    rec = StoredRows()
+    learn = plain_learner(dls, TinyNet(), cbs=[StoredCSKD(lam=lam, temp=T, gated=gated), rec], opt_func=SGD, lr=0.05)
+    learn.fit(3)
+    labels = np.array([int(dls.train_ds[i][1]) for i in range(len(dls.train_ds))])
+    last, n_kd = {}, 0
+    for epoch, idx, partners, z, y, logged in rec.rows:
+        idx, partners, zn, yn = idx.numpy(), partners.numpy(), z.double().numpy(), y.numpy()
+        assert (labels[partners] == labels[idx]).all() and (partners != idx).all()    # every class has > 1 image
+        assert (labels[idx] == yn).all()
+        ls = np_log_softmax(zn)
+        ce = -ls[np.arange(len(yn)), yn].mean()
+        kd = np.zeros(len(yn))
+        for k, p in enumerate(partners):
+            if p not in last: continue                                  # not yet seen: no term for this anchor
+            lp, lq = np_log_softmax(last[p] / T), np_log_softmax(zn[k] / T)
+            w = 1 - (-(np.exp(lp) * lp).sum()) / np.log(lp.shape[0]) if gated else 1.0
+            kd[k] = w * T * T * (np.exp(lp) * (lp - lq)).sum()
+            n_kd += 1
+        assert logged == pytest.approx(ce + lam * kd.mean(), rel=1e-4, abs=1e-6), epoch
+        for i, row in zip(idx, zn): last[i] = row                      # stored after this batch's loss
+    assert n_kd > len(rec.rows)                                         # the KD term was really exercised
+    assert rec.forwards == len(rec.rows)                                # one forward pass per step: CE's cost
+    assert type(learn.dls.train).__name__ != "IndexedDL"                # the learner is left as it was
+    assert not any(getattr(m, "cskd_stat", False) for m in learn.metrics)
+
+
+def test_stored_cskd_gradient_is_ce_plus_the_kd_term(image_folder):
+    "The backpropagated loss (loss_grad) is CE + λ·KD: its gradient matches autograd of the hand-built loss."
+    dls = make_dls(image_folder, paired=False)
+    cb = StoredCSKD(lam=3.0, temp=2.0, gated=False)
+    learn = plain_learner(dls, TinyNet(), cbs=cb, opt_func=SGD, lr=0.05)
+    learn.fit(1)                                                        # fills the store
+
+    class Check(Callback):
+        order = 60
+        def after_loss(self):
+            if not self.training: return
+            x = self.xb[0]
+            w = self.learn.model.fc.weight
+            g = torch.autograd.grad(self.learn.loss_grad, w, retain_graph=True)[0]
+            z = self.learn.model(x)
+            seen = cb.partner_seen.float()      # the store as it was before this batch wrote into it
+            assert bool(seen.any())             # after an epoch (drop_last skips a ragged rest) partners are stored
+            want = F.cross_entropy(z, self.yb[0]) + 3.0 * (seen * softened_kl_per_sample(z, cb.partner_logits, 2.0)).mean()
+            assert torch.allclose(g, torch.autograd.grad(want, w)[0], atol=1e-5)
+            self.checked = True
+            raise CancelFitException()
+    chk = Check()
+    learn.fit(1, cbs=chk)
+    assert getattr(chk, "checked", False)
+
+
+def test_stored_cskd_config():
+    r = Recipe.model_validate(_recipe([{"name": "cskd_stored", "lam": 3}, {"name": "cskd_stored", "gated": False,
+                                                                           "store": "float16"}]))
+    assert [m.run_label for m in r.methods] == ["cskd-lam3-T4-stored-gated", "cskd-lam1-T4-stored-fp16"]
+    assert r.methods[0].needs_ids and not r.methods[0].paired and r.methods[0].class_partners
+    for bad, words in (({"name": "cskd_stored", "variant": "gated"}, "Extra inputs"),
+                       ({"name": "cskd_stored", "temp": 0}, "temp must be"), ({"name": "cskd_stored", "lam": -1}, "lam must be")):
+        with pytest.raises(Exception, match=words): Recipe.model_validate(_recipe([bad]))
+    with pytest.raises(ValueError, match="does not compose with cutmix"):
+        Recipe.model_validate(_recipe([{"name": "cskd_stored", "mix": "cutmix"}])).methods[0].callbacks(1)
+    with pytest.raises(ValueError, match="temp"): StoredCSKD(temp=-1.0)
+
+
 # ---- from a recipe, end to end ------------------------------------------------------------------------------
 @pytest.mark.slow
 def test_every_method_trains_from_a_recipe(tmp_path):
@@ -198,7 +281,7 @@ def test_every_method_trains_from_a_recipe(tmp_path):
     folder = make_imagefolder(tmp_path / "d", n_per_class=6, n_classes=3, n_test_per_class=2)
     methods = [{"name": "ps_kd"}, {"name": "tf_kd"}, {"name": "cskd", "variant": "decoupled"},
                {"name": "cskd", "variant": "in_batch"}, {"name": "cskd", "variant": "gated"},
-               {"name": "tf_kd", "mix": "mixup", "label": "tfkd-mixup"}]
+               {"name": "tf_kd", "mix": "mixup", "label": "tfkd-mixup"}, {"name": "cskd_stored"}]
     rec = dict(name="all", dataset=dict(name="imagefolder", root=str(folder), image_size=16, valid_pct=0.25),
                model=dict(arch="small_cnn"), train=dict(epochs=2, bs=4, lr=0.05, schedule="one_cycle", augment="flip"),
                methods=methods)
@@ -214,6 +297,8 @@ def test_every_method_trains_from_a_recipe(tmp_path):
         assert 0 <= m["test"]["top1_err"] <= 1
     st = load_checkpoint(tmp_path / "o" / "all" / "pskd-a0.8" / "seed0")
     assert st["cbs"]["PSKD"]["store"].shape[1] == 3 and bool(st["cbs"]["PSKD"]["seen"].all())
+    st = load_checkpoint(tmp_path / "o" / "all" / "cskd-lam1-T4-stored-gated" / "seed0")
+    assert st["cbs"]["StoredCSKD"]["store"].shape[1] == 3 and bool(st["cbs"]["StoredCSKD"]["seen"].any())
 
 
 # ---- precision: every loss term computes in at least float32 ------------------------------------------------

@@ -13,12 +13,13 @@ from pydantic import Field
 from .base import MethodBase, check_temp, check_weight, safe_component
 from .ce import CE
 from .cskd import CSKDMethod
+from .cskd_stored import StoredCSKDMethod
 from .label_smoothing import LabelSmoothing
 from .ps_kd import PSKDMethod
 from .tf_kd import TfKDMethod
 
-__all__ = ["Method", "METHODS", "MethodBase", "CE", "LabelSmoothing", "CSKDMethod", "PSKDMethod", "TfKDMethod",
+__all__ = ["Method", "METHODS", "MethodBase", "CE", "LabelSmoothing", "CSKDMethod", "StoredCSKDMethod", "PSKDMethod", "TfKDMethod",
            "check_temp", "check_weight", "safe_component"]
 
-METHODS = (CE, LabelSmoothing, CSKDMethod, PSKDMethod, TfKDMethod)
-Method = Annotated[Union[CE, LabelSmoothing, CSKDMethod, PSKDMethod, TfKDMethod], Field(discriminator="name")]
+METHODS = (CE, LabelSmoothing, CSKDMethod, StoredCSKDMethod, PSKDMethod, TfKDMethod)
+Method = Annotated[Union[CE, LabelSmoothing, CSKDMethod, StoredCSKDMethod, PSKDMethod, TfKDMethod], Field(discriminator="name")]

@@ -47,6 +47,7 @@ class MethodBase(Strict):
     paired: ClassVar[bool] = False       # batches of B anchors + B same-class partners (PairedDL)
     needs_ids: ClassVar[bool] = False    # each sample's dataset index travels with its label (per-sample state, e.g. PS-KD)
     mixable: ClassVar[bool] = True       # composes with MixUp/CutMix
+    class_partners: ClassVar[bool] = False   # each anchor is distilled from a same-class partner (CS-KD and variants)
 
     @field_validator("label")
     @classmethod

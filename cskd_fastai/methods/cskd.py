@@ -21,6 +21,7 @@ class CSKDMethod(MethodBase):
     nckd_weight: float = Field(1.0, ge=0, description="variant decoupled: weight of the non-target part")
 
     paired: ClassVar[bool] = True
+    class_partners: ClassVar[bool] = True
 
     # the same checks as the `CSKD` callback's (methods.base): one rule for λ and T wherever they come from
     _lam_ok = field_validator("lam")(classmethod(lambda cls, v: check_weight(v, "lam")))

@@ -1,0 +1,121 @@
+"""CS-KD with stored partner predictions: the class-wise target without the partners' forward pass.
+
+This project's variant, motivated by docs/results.md §5/§6: the published CS-KD (Yun, Park, Lee, Shin, CVPR 2020)
+runs a second, no-grad forward pass over B partner images every step (~1.4x CE's time here), and on short schedules
+CE given that compute (more epochs) beats it. Here partner i is still a uniform draw among the other training samples
+of anchor i's class (`ClassIndex.partners`: the anchor itself only when it is alone in its class), but its logits are
+the ones the same network produced for it, in train mode and without gradient, the last time it was an anchor: a
+per-sample store, as PS-KD (Kim, Ji, Yoon, Hwang, ICCV 2021) keeps last-epoch predictions. An epoch costs what
+CE's costs; the store holds N x C numbers (50k x 100 floats = 20 MB for CIFAR-100; 1.28M x 1000 = 5.1 GB for
+ImageNet, half with `store_dtype=torch.float16`). Partner predictions are up to one epoch old, and in the first
+epoch a partner not yet seen contributes no term (its anchor's KD term is 0).
+
+`gated=True` (default) scales each anchor's term by the partner's informativeness 1 - H(softmax(partner/T))/log C,
+as `CSKD(variant='gated')` does: near-uniform partner targets then stop acting as a confidence penalty.
+Limitation: under multi-process training each process stores only the samples it saw (as `PSKD`).
+"""
+from __future__ import annotations
+
+from functools import partial
+
+import torch
+from fastai.callback.core import Callback
+from fastai.callback.mixup import CutMix, MixUp
+from fastai.data.core import DataLoaders
+from fastai.learner import ValueMetric
+
+from ..data import ClassIndex, IndexedDL, dataset_labels
+from ..losses import informativeness
+from ..losses.softened_kl import softened_kl_per_sample
+from ..methods.base import check_temp, check_weight
+
+__all__ = ["StoredCSKD"]
+
+_STATS = ("train_ce", "train_kd", "partner_seen", "partner_entropy")
+
+
+class StoredCSKD(Callback):
+    "CS-KD whose same-class partners' logits come from a per-sample store of the last prediction, not a forward pass."
+    order, run_valid = min(MixUp.order, CutMix.order) - 1, False
+
+    def __init__(self, lam: float = 1.0, temp: float = 4.0, gated: bool = True,
+                 store_dtype: torch.dtype = torch.float32, log_stats: bool = True):
+        self.lam, self.temp = check_weight(lam, "lam"), check_temp(temp)
+        if not isinstance(gated, bool): raise ValueError(f"gated must be True or False, got {gated!r}")
+        if store_dtype not in (torch.float32, torch.float16, torch.bfloat16):
+            raise ValueError(f"store_dtype must be float32, float16 or bfloat16, got {store_dtype}")
+        self.gated, self.store_dtype, self.log_stats = gated, store_dtype, log_stats
+        self.store = self.seen = None
+        self._restore, self._sums, self._mets = None, None, []
+
+    # ---- fit-level events -------------------------------------------------------------------------
+    def before_fit(self):
+        dls = self.learn.dls
+        self._restore = dls
+        if not isinstance(dls.train, IndexedDL):   # items carry their dataset index for this fit
+            self.learn.dls = DataLoaders(IndexedDL.from_dl(dls.train), *dls.loaders[1:], path=dls.path, device=dls.device)
+        self.cidx = ClassIndex(dataset_labels(self.learn.dls.train_ds))
+        n, c = len(self.learn.dls.train_ds), int(self.learn.dls.c)
+        dev = self.learn.dls.device or "cpu"
+        if self.store is None or self.store.shape != (n, c):   # kept across fits (and restored on --resume)
+            self.store = torch.zeros(n, c, dtype=self.store_dtype, device=dev)
+            self.seen = torch.zeros(n, dtype=torch.bool, device=dev)
+        self.store, self.seen = self.store.to(dev), self.seen.to(dev)
+        self.learn.metrics = [m for m in self.learn.metrics if not getattr(m, "cskd_stat", False)]
+        if self.log_stats:
+            self._mets = [ValueMetric(partial(self._stat, k), k) for k in _STATS]
+            for m in self._mets: m.cskd_stat = True
+            self.learn.metrics = list(self.learn.metrics) + self._mets
+
+    def after_fit(self):
+        self.learn.metrics = [m for m in self.learn.metrics if not getattr(m, "cskd_stat", False)]
+        if self._restore is not None: self.learn.dls, self._restore = self._restore, None
+
+    def state_dict(self) -> dict:
+        return {} if self.store is None else dict(store=self.store.cpu(), seen=self.seen.cpu())
+
+    def load_state_dict(self, st: dict) -> None:
+        if st: self.store, self.seen = st["store"], st["seen"]
+
+    def before_train(self): self._sums = None
+
+    # ---- batch-level events (training only) -------------------------------------------------------
+    def before_batch(self):
+        *ys, idx = self.yb
+        self.idx = idx.long().to(self.store.device)
+        self.partners = torch.as_tensor(self.cidx.partners(self.idx.cpu().numpy()), device=self.store.device)
+        self.partner_logits, self.partner_seen = self.store[self.partners].float(), self.seen[self.partners]
+        self.learn.yb = tuple(ys)
+
+    def after_loss(self):
+        p = self.partner_logits.to(self.pred.device)
+        w = self.partner_seen.to(self.pred.device).float()          # an unseen partner has no prediction yet
+        if self.gated: w = w * informativeness(p, self.temp)
+        kd = (w * softened_kl_per_sample(self.pred, p, self.temp)).mean()
+        ce = self.learn.loss.detach()
+        self.learn.loss_grad = self.learn.loss_grad + self.lam * kd   # what is backpropagated
+        self.learn.loss = ce + self.lam * kd.detach()                 # what Recorder logs
+        with torch.no_grad():   # this batch's predictions become the store's entries for its samples
+            self.store[self.idx] = self.pred.detach().to(self.store.device, self.store_dtype)
+            self.seen[self.idx] = True
+        if self.log_stats: self._accumulate(ce, kd.detach(), p)
+
+    def after_batch(self): self.partner_logits = self.partner_seen = None
+
+    # ---- statistics -------------------------------------------------------------------------------
+    @torch.no_grad()
+    def _accumulate(self, ce, kd, p):
+        b = p.shape[0]
+        pt = torch.softmax(p / self.temp, -1)
+        seen = self.partner_seen.to(p.device)
+        ent = (-(pt * pt.clamp_min(1e-12).log()).sum(-1) * seen).sum()
+        row = torch.stack([ce.float() * b, kd.float() * b, seen.float().sum(), ent, torch.tensor(float(b), device=p.device)])
+        self._sums = row if self._sums is None else self._sums + row
+
+    def _stat(self, key: str): return self.epoch_stats().get(key)
+
+    def epoch_stats(self) -> dict:
+        "Means over this epoch's anchors: CE, KD, fraction of partners with a stored prediction, their entropy at T."
+        if self._sums is None: return {}
+        s = self._sums.tolist(); n = max(s[4], 1.0)
+        return dict(train_ce=s[0] / n, train_kd=s[1] / n, partner_seen=s[2] / n, partner_entropy=s[3] / max(s[2], 1.0))
