@@ -19,15 +19,14 @@ import torch
 import torch.nn.functional as F
 from fastai.callback.core import Callback
 from fastai.callback.mixup import CutMix, MixUp
-from fastai.data.core import DataLoaders
 
-from ..data import IndexedDL
 from ..losses import SoftTargetCE
+from .sample_store import SampleStoreMixin, check_store_dtype
 
 __all__ = ["PSKD"]
 
 
-class PSKD(Callback):
+class PSKD(SampleStoreMixin, Callback):
     "Progressive self-KD: CE against (1 - α_t)·one-hot + α_t·(this sample's prediction in the previous epoch)."
     order, run_valid = min(MixUp.order, CutMix.order) - 1, False   # soft targets exist before MixUp/CutMix mix them
 
@@ -35,31 +34,15 @@ class PSKD(Callback):
         if isinstance(alpha_T, bool) or not isinstance(alpha_T, (int, float)) or not math.isfinite(alpha_T) \
                 or not 0 <= alpha_T <= 1:
             raise ValueError(f"alpha_T must be in [0, 1] (the paper uses 0.8), got {alpha_T!r}")
-        if store_dtype not in (torch.float32, torch.float16, torch.bfloat16):
-            raise ValueError(f"store_dtype must be float32, float16 or bfloat16, got {store_dtype}")
-        self.alpha_T, self.store_dtype = float(alpha_T), store_dtype
-        self.store, self._restore = None, None
+        self.alpha_T, self.store_dtype = float(alpha_T), check_store_dtype(store_dtype)
+        self._restore = None
 
     def alpha_at(self, epoch: int, n_epoch: int) -> float: return self.alpha_T * (epoch + 1) / n_epoch
 
     def before_fit(self):
-        dls = self.learn.dls
-        self._restore = (dls, self.learn.loss_func)
-        if not isinstance(dls.train, IndexedDL):   # items carry their dataset index for this fit
-            self.learn.dls = DataLoaders(IndexedDL.from_dl(dls.train), *dls.loaders[1:], path=dls.path, device=dls.device)
+        self._restore = (self._index_loaders(), self.learn.loss_func)
         self.learn.loss_func = SoftTargetCE()
-        n, c = len(self.learn.dls.train_ds), int(self.learn.dls.c)
-        dev = self.learn.dls.device or "cpu"
-        if self.store is None or self.store.shape != (n, c):   # kept across fits (and restored on --resume)
-            self.store = torch.zeros(n, c, dtype=self.store_dtype, device=dev)
-            self.seen = torch.zeros(n, dtype=torch.bool, device=dev)
-        self.store, self.seen = self.store.to(dev), self.seen.to(dev)
-
-    def state_dict(self) -> dict:
-        return {} if self.store is None else dict(store=self.store.cpu(), seen=self.seen.cpu())
-
-    def load_state_dict(self, st: dict) -> None:
-        if st: self.store, self.seen = st["store"], st["seen"]
+        self._ensure_store()
 
     def after_fit(self):
         if self._restore is not None: (self.learn.dls, self.learn.loss_func), self._restore = self._restore, None

@@ -21,20 +21,20 @@ from functools import partial
 import torch
 from fastai.callback.core import Callback
 from fastai.callback.mixup import CutMix, MixUp
-from fastai.data.core import DataLoaders
 from fastai.learner import ValueMetric
 
-from ..data import ClassIndex, IndexedDL, dataset_labels
+from ..data import ClassIndex, dataset_labels
 from ..losses import informativeness
 from ..losses.softened_kl import softened_kl_per_sample
 from ..methods.base import check_temp, check_weight
+from .sample_store import SampleStoreMixin, check_store_dtype
 
 __all__ = ["StoredCSKD"]
 
 _STATS = ("train_ce", "train_kd", "partner_seen", "partner_entropy")
 
 
-class StoredCSKD(Callback):
+class StoredCSKD(SampleStoreMixin, Callback):
     "CS-KD whose same-class partners' logits come from a per-sample store of the last prediction, not a forward pass."
     order, run_valid = min(MixUp.order, CutMix.order) - 1, False
 
@@ -42,25 +42,14 @@ class StoredCSKD(Callback):
                  store_dtype: torch.dtype = torch.float32, log_stats: bool = True):
         self.lam, self.temp = check_weight(lam, "lam"), check_temp(temp)
         if not isinstance(gated, bool): raise ValueError(f"gated must be True or False, got {gated!r}")
-        if store_dtype not in (torch.float32, torch.float16, torch.bfloat16):
-            raise ValueError(f"store_dtype must be float32, float16 or bfloat16, got {store_dtype}")
-        self.gated, self.store_dtype, self.log_stats = gated, store_dtype, log_stats
-        self.store = self.seen = None
+        self.gated, self.store_dtype, self.log_stats = gated, check_store_dtype(store_dtype), log_stats
         self._restore, self._sums, self._mets = None, None, []
 
     # ---- fit-level events -------------------------------------------------------------------------
     def before_fit(self):
-        dls = self.learn.dls
-        self._restore = dls
-        if not isinstance(dls.train, IndexedDL):   # items carry their dataset index for this fit
-            self.learn.dls = DataLoaders(IndexedDL.from_dl(dls.train), *dls.loaders[1:], path=dls.path, device=dls.device)
+        self._restore = self._index_loaders()
         self.cidx = ClassIndex(dataset_labels(self.learn.dls.train_ds))
-        n, c = len(self.learn.dls.train_ds), int(self.learn.dls.c)
-        dev = self.learn.dls.device or "cpu"
-        if self.store is None or self.store.shape != (n, c):   # kept across fits (and restored on --resume)
-            self.store = torch.zeros(n, c, dtype=self.store_dtype, device=dev)
-            self.seen = torch.zeros(n, dtype=torch.bool, device=dev)
-        self.store, self.seen = self.store.to(dev), self.seen.to(dev)
+        self._ensure_store()
         self.learn.metrics = [m for m in self.learn.metrics if not getattr(m, "cskd_stat", False)]
         if self.log_stats:
             self._mets = [ValueMetric(partial(self._stat, k), k) for k in _STATS]
@@ -70,12 +59,6 @@ class StoredCSKD(Callback):
     def after_fit(self):
         self.learn.metrics = [m for m in self.learn.metrics if not getattr(m, "cskd_stat", False)]
         if self._restore is not None: self.learn.dls, self._restore = self._restore, None
-
-    def state_dict(self) -> dict:
-        return {} if self.store is None else dict(store=self.store.cpu(), seen=self.seen.cpu())
-
-    def load_state_dict(self, st: dict) -> None:
-        if st: self.store, self.seen = st["store"], st["seen"]
 
     def before_train(self): self._sums = None
 

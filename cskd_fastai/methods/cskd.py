@@ -7,25 +7,28 @@ from pydantic import Field, field_validator, model_validator
 
 from .base import MethodBase, check_temp, check_weight
 
-__all__ = ["CSKDMethod"]
+__all__ = ["CSKDMethod", "ClassWiseKDFields"]
 
 
-class CSKDMethod(MethodBase):
-    "λ, T and λ warm-up of the published loss; `variant` selects one of this project's variants (see `CSKD`)."
-    name: Literal["cskd"] = "cskd"
+class ClassWiseKDFields(MethodBase):
+    "λ and T of a class-wise KD term (CS-KD and its stored-partner form), checked by the one rule of `methods.base`."
     lam: float = Field(1.0, description="CS-KD weight λ (>= 0)")
     temp: float = Field(4.0, description="CS-KD temperature T (> 0)")
+    class_partners: ClassVar[bool] = True   # every anchor gets a same-class partner (check classes, warn on singletons)
+
+    _lam_ok = field_validator("lam")(classmethod(lambda cls, v: check_weight(v, "lam")))
+    _temp_ok = field_validator("temp")(classmethod(lambda cls, v: check_temp(v)))
+
+
+class CSKDMethod(ClassWiseKDFields):
+    "λ, T and λ warm-up of the published loss; `variant` selects one of this project's variants (see `CSKD`)."
+    name: Literal["cskd"] = "cskd"
     lam_warmup: float = Field(0.0, ge=0, le=1, description="linear warm-up of λ over this fraction of training")
     variant: Literal["published", "decoupled", "gated", "in_batch"] = "published"
     tckd_weight: float = Field(0.0, ge=0, description="variant decoupled: weight of the target-class part")
     nckd_weight: float = Field(1.0, ge=0, description="variant decoupled: weight of the non-target part")
 
     paired: ClassVar[bool] = True
-    class_partners: ClassVar[bool] = True
-
-    # the same checks as the `CSKD` callback's (methods.base): one rule for λ and T wherever they come from
-    _lam_ok = field_validator("lam")(classmethod(lambda cls, v: check_weight(v, "lam")))
-    _temp_ok = field_validator("temp")(classmethod(lambda cls, v: check_temp(v)))
 
     @model_validator(mode="after")
     def _decoupled_only(self):
