@@ -19,7 +19,7 @@ from .methods.base import check_temp, check_weight
 from .losses import class_wise_kd, decoupled_kd, informativeness
 from .losses.softened_kl import softened_kl_per_sample
 
-__all__ = ["CSKD", "LamSchedule", "warmup_schedule"]
+__all__ = ["CSKD", "LamSchedule", "warmup_schedule", "add_stat_metrics", "remove_stat_metrics"]
 
 LamSchedule = Union[float, Callable[[float], float]]
 
@@ -46,7 +46,18 @@ def warmup_schedule(lam: float, warmup: float) -> Callable[[float], float]:
     return _sched
 
 
-def _is_stat(m) -> bool: return getattr(m, "cskd_stat", False)
+def remove_stat_metrics(learn) -> None:
+    "Drop the training-statistics metrics a class-wise KD callback added (flagged `cskd_stat`)."
+    learn.metrics = [m for m in learn.metrics if not getattr(m, "cskd_stat", False)]
+
+
+def add_stat_metrics(learn, stat: Callable[[str], object], keys) -> None:
+    """Log `stat(key)` for each key as a fastai `ValueMetric` (Recorder, CSVLogger and progress bars show it),
+    replacing any left by an earlier fit; `remove_stat_metrics` takes them out again."""
+    remove_stat_metrics(learn)
+    mets = [ValueMetric(partial(stat, k), k) for k in keys]
+    for m in mets: m.cskd_stat = True
+    learn.metrics = list(learn.metrics) + mets
 
 
 VARIANTS = ("published", "decoupled", "gated", "in_batch")
@@ -73,7 +84,7 @@ class CSKD(Callback):
         check_weight(tckd_weight, "tckd_weight"); check_weight(nckd_weight, "nckd_weight")
         self.lam, self.temp, self.lam_warmup, self.log_stats = lam, float(temp), float(lam_warmup), log_stats
         self.variant, self.tckd_weight, self.nckd_weight = variant, float(tckd_weight), float(nckd_weight)
-        self._restore_dls, self._sums, self._stat_mets = None, None, []
+        self._restore_dls, self._sums = None, None
 
     # ---- λ schedule -------------------------------------------------------------------------------
     def lam_at(self, pct_train: float) -> float:
@@ -87,15 +98,12 @@ class CSKD(Callback):
         if not isinstance(self.dls.train, PairedDL):  # a plain learner: pair its training loader for this fit
             self._restore_dls, self.learn.dls = self.dls, paired_dls(self.dls)
         self._first_batch = True
-        self.learn.metrics = [m for m in self.learn.metrics if not _is_stat(m)]
-        if self.log_stats:   # fastai's ValueMetric: Recorder, CSVLogger and progress bars show each statistic
-            self._stat_mets = [ValueMetric(partial(self._stat, k), k) for k in _STATS]
-            for m in self._stat_mets: m.cskd_stat = True
-            self.learn.metrics = list(self.learn.metrics) + self._stat_mets
+        if self.log_stats: add_stat_metrics(self.learn, self._stat, _STATS)
+        else: remove_stat_metrics(self.learn)
 
     def after_fit(self):
         # leave the learner as we found it: no training-only metrics or loaders in `learn`, exports stay plain
-        self.learn.metrics = [m for m in self.learn.metrics if not _is_stat(m)]
+        remove_stat_metrics(self.learn)
         if self._restore_dls is not None: self.learn.dls, self._restore_dls = self._restore_dls, None
 
     def before_train(self): self._sums = None

@@ -16,13 +16,11 @@ Limitation: under multi-process training each process stores only the samples it
 """
 from __future__ import annotations
 
-from functools import partial
-
 import torch
 from fastai.callback.core import Callback
 from fastai.callback.mixup import CutMix, MixUp
-from fastai.learner import ValueMetric
 
+from ..callback import add_stat_metrics, remove_stat_metrics
 from ..data import ClassIndex, dataset_labels
 from ..losses import informativeness
 from ..losses.softened_kl import softened_kl_per_sample
@@ -43,21 +41,18 @@ class StoredCSKD(SampleStoreMixin, Callback):
         self.lam, self.temp = check_weight(lam, "lam"), check_temp(temp)
         if not isinstance(gated, bool): raise ValueError(f"gated must be True or False, got {gated!r}")
         self.gated, self.store_dtype, self.log_stats = gated, check_store_dtype(store_dtype), log_stats
-        self._restore, self._sums, self._mets = None, None, []
+        self._restore, self._sums = None, None
 
     # ---- fit-level events -------------------------------------------------------------------------
     def before_fit(self):
         self._restore = self._index_loaders()
         self.cidx = ClassIndex(dataset_labels(self.learn.dls.train_ds))
         self._ensure_store()
-        self.learn.metrics = [m for m in self.learn.metrics if not getattr(m, "cskd_stat", False)]
-        if self.log_stats:
-            self._mets = [ValueMetric(partial(self._stat, k), k) for k in _STATS]
-            for m in self._mets: m.cskd_stat = True
-            self.learn.metrics = list(self.learn.metrics) + self._mets
+        if self.log_stats: add_stat_metrics(self.learn, self._stat, _STATS)
+        else: remove_stat_metrics(self.learn)
 
     def after_fit(self):
-        self.learn.metrics = [m for m in self.learn.metrics if not getattr(m, "cskd_stat", False)]
+        remove_stat_metrics(self.learn)
         if self._restore is not None: self.learn.dls, self._restore = self._restore, None
 
     def before_train(self): self._sums = None
