@@ -66,6 +66,26 @@ class ClassIndex:
         p = self.order[self.starts[c] + np.where(n_other > 0, r, self.pos[a])]
         return p
 
+    def partners_like(self, anchors: torch.Tensor, u: torch.Tensor | None = None) -> torch.Tensor:
+        """`partners` on a tensor of anchor indices, computed on its device: no host round trip per step on a GPU.
+        On the CPU it draws the same `torch.rand` numbers, so it returns exactly what `partners` returns."""
+        t = self._tensors(anchors.device)
+        a = anchors.long()
+        c = t["labels"][a]
+        n_other = t["counts"][c] - 1
+        if u is None: u = torch.rand(len(a), dtype=torch.float64, device=a.device)
+        r = torch.minimum((u * n_other).long(), (n_other - 1).clamp_min(0))
+        r = r + (r >= t["pos"][a]).long()
+        return t["order"][t["starts"][c] + torch.where(n_other > 0, r, t["pos"][a])]
+
+    def _tensors(self, device) -> dict:
+        cache = self.__dict__.setdefault("_on_device", {})   # one copy of the index per device, made on first use
+        key = str(device)
+        if key not in cache:
+            cache[key] = {k: torch.as_tensor(getattr(self, k), dtype=torch.int64, device=device)
+                          for k in ("labels", "order", "counts", "starts", "pos")}
+        return cache[key]
+
 
 class PairedDL(TfmdDL):
     "A `TfmdDL` whose training batches are `bs` anchors followed by `bs` same-class partners."

@@ -71,6 +71,22 @@ def test_partner_is_uniform_over_other_members():
     assert ci.partners([4, 5]).tolist() == [5, 4]          # two-member class: always the other one
 
 
+def test_partners_like_is_partners_on_a_tensor():
+    "The device-side draw (StoredCSKD's) returns exactly the numpy draw, for given and for seeded random numbers."
+    labels = np.array([3, 0, 3, 1, 0, 3, 2, 0, 3, 3])          # class 1 and 2 are singletons; ids not sorted
+    ci = ClassIndex(labels)
+    anchors = np.random.default_rng(0).integers(0, len(labels), 500)
+    u = np.random.default_rng(1).random(500)
+    got = ci.partners_like(torch.as_tensor(anchors), u=torch.as_tensor(u))
+    assert got.dtype == torch.int64 and got.tolist() == ci.partners(anchors, u=u).tolist()
+    torch.manual_seed(7); a = ci.partners(anchors)
+    torch.manual_seed(7); b = ci.partners_like(torch.as_tensor(anchors))
+    assert b.tolist() == a.tolist()
+    assert (labels[b.numpy()] == labels[anchors]).all()
+    alone = np.isin(labels[anchors], [1, 2])
+    assert (b.numpy()[alone] == anchors[alone]).all() and (b.numpy()[~alone] != anchors[~alone]).all()
+
+
 def test_labels_read_without_decoding_inputs(image_folder):
     from conftest import make_dls
     dls = make_dls(image_folder)

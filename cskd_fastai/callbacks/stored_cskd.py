@@ -61,7 +61,7 @@ class StoredCSKD(SampleStoreMixin, Callback):
     def before_batch(self):
         *ys, idx = self.yb
         self.idx = idx.long().to(self.store.device)
-        self.partners = torch.as_tensor(self.cidx.partners(self.idx.cpu().numpy()), device=self.store.device)
+        self.partners = self.cidx.partners_like(self.idx)    # drawn on the store's device: no sync per step
         self.partner_logits, self.partner_seen = self.store[self.partners].float(), self.seen[self.partners]
         self.learn.yb = tuple(ys)
 
