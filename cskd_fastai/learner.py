@@ -24,13 +24,16 @@ from .callback import CSKD, LamSchedule
 from .progress import quiet_fill_check
 
 quiet_fill_check()   # no stray '█' from fastprogress in logs and terminals
+from .callbacks.pskd import PSKD
+from .callbacks.stored_cskd import StoredCSKD
 from .data import check_classes, paired_dls
 from .teacher import TeacherKD
 
 __all__ = ["cskd_learner", "plain_learner", "CSKDLearner", "TRAINING_ONLY_CALLBACKS"]
 
-# Callbacks that only make sense while training; an exported learner carries none of them
-TRAINING_ONLY_CALLBACKS: tuple = (CSKD, TeacherKD, MixHandler, GradientAccumulation)
+# Callbacks that only make sense while training; an exported learner carries none of them (PS-KD's and StoredCSKD's
+# per-sample stores are N x C numbers: 5 GB for ImageNet would otherwise ride along in export.pkl)
+TRAINING_ONLY_CALLBACKS: tuple = (CSKD, PSKD, StoredCSKD, TeacherKD, MixHandler, GradientAccumulation)
 
 
 def register_training_only(*cb_types: type) -> None:

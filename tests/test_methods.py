@@ -107,6 +107,21 @@ def test_ps_kd_store_precision_and_cutmix(image_folder):
     with pytest.raises(ValueError, match="alpha_T"): PSKD(alpha_T=1.5)
 
 
+@pytest.mark.parametrize("make_cb", [PSKD, StoredCSKD])
+def test_export_leaves_per_sample_stores_out(image_folder, tmp_path, make_cb):
+    "A callback added with add_cb (not fit(cbs=...)) stays with the learner; its N x C store must not reach export.pkl."
+    from fastai.learner import load_learner
+    learn = plain_learner(make_dls(image_folder, paired=False), TinyNet(), opt_func=SGD, lr=0.05, path=tmp_path)
+    cb = make_cb(); learn.add_cb(cb)
+    learn.fit(1)
+    assert cb.store is not None and cb in learn.cbs
+    learn.export("m.pkl")
+    assert cb in learn.cbs                                               # put back after the export
+    loaded = load_learner(tmp_path / "m.pkl")
+    assert not [c for c in loaded.cbs if isinstance(c, (PSKD, StoredCSKD))]
+    assert loaded.model(torch.zeros(2, 3, 16, 16)).shape == (2, learn.dls.c)
+
+
 # ---- CS-KD variants ------------------------------------------------------------------------------------------
 def test_decoupled_parts_add_up_to_the_kd_term():
     g = torch.Generator().manual_seed(3)
