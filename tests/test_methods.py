@@ -12,7 +12,6 @@ import yaml
 from fastai.callback.core import Callback, CancelFitException
 from fastai.callback.mixup import CutMix
 from fastai.optimizer import SGD
-from torch import nn
 
 from cskd_fastai import CSKD, cskd_learner, plain_learner
 from cskd_fastai.callbacks import PSKD, StoredCSKD
@@ -49,6 +48,14 @@ def test_a_schedule_and_a_warmup_together_are_an_error():
 
 
 # ---- Tf-KD ----------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("kw,words", [(dict(a=1.5), "a .*in \\(0, 1\\)"), (dict(a=0.0), "in \\(0, 1\\)"),
+                                      (dict(temp=0), "temp must be"), (dict(alpha=-1), "alpha must be"),
+                                      (dict(alpha=2.0), "alpha .*in \\[0, 1\\]")])
+def test_tf_kd_loss_refuses_bad_arguments_eagerly(kw, words):
+    from cskd_fastai.losses import TfKDLoss
+    with pytest.raises(ValueError, match=words): TfKDLoss(**kw)
+
+
 @pytest.mark.parametrize("a,T,alpha", [(0.9, 20.0, 0.1), (0.99, 40.0, 0.5), (0.6, 1.0, 1.0)])
 def test_tf_kd_matches_hand_computation(a, T, alpha):
     g = torch.Generator().manual_seed(0)
