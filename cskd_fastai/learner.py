@@ -20,7 +20,7 @@ from fastai.vision.learner import vision_learner
 from fastcore.meta import delegates
 from torch import nn
 
-from .callback import CSKD, LamSchedule
+from .callback import CSKD, VARIANTS, LamSchedule
 from .progress import quiet_fill_check
 
 quiet_fill_check()   # no stray '█' from fastprogress in logs and terminals
@@ -29,7 +29,7 @@ from .callbacks.stored_cskd import StoredCSKD
 from .data import check_classes, paired_dls
 from .teacher import TeacherKD
 
-__all__ = ["cskd_learner", "plain_learner", "CSKDLearner", "TRAINING_ONLY_CALLBACKS"]
+__all__ = ["cskd_learner", "plain_learner", "CSKDLearner", "CSKD_LEARNER_VARIANTS", "TRAINING_ONLY_CALLBACKS"]
 
 # Callbacks that only make sense while training; an exported learner carries none of them (PS-KD's and StoredCSKD's
 # per-sample stores are N x C numbers: 5 GB for ImageNet would otherwise ride along in export.pkl)
@@ -114,12 +114,31 @@ def plain_learner(dls: DataLoaders, arch: Union[str, Callable, nn.Module], pretr
     return learn
 
 
+CSKD_LEARNER_VARIANTS = VARIANTS + ("stored",)
+
+
+def _cskd_callback(lam, temp, lam_warmup, variant: str):
+    "The callback for `variant`, built (and so validated) before any other work."
+    if variant not in CSKD_LEARNER_VARIANTS:
+        raise ValueError(f"variant must be one of {CSKD_LEARNER_VARIANTS}, got {variant!r}")
+    if variant != "stored": return CSKD(lam=lam, temp=temp, lam_warmup=lam_warmup, variant=variant)
+    if callable(lam) or lam_warmup:
+        raise ValueError("variant='stored' takes a constant lam and no lam_warmup (its gate already keeps the term "
+                         "small while partners are uninformative); pass a number as lam and lam_warmup=0")
+    return StoredCSKD(lam=lam, temp=temp)
+
+
 @delegates(plain_learner)
 def cskd_learner(dls: DataLoaders, arch: Union[str, Callable, nn.Module], lam: LamSchedule = 1.0, temp: float = 4.0,
-                 lam_warmup: float = 0.0, pretrained: Optional[bool] = None, cbs=None, **kwargs) -> CSKDLearner:
-    "A `vision_learner` (or paper model) trained with CS-KD: paired batches + the `CSKD` callback (λ, T, warm-up)."
-    cskd = CSKD(lam=lam, temp=temp, lam_warmup=lam_warmup)   # validates λ, T and the warm-up before any work
+                 lam_warmup: float = 0.0, variant: str = "published", pretrained: Optional[bool] = None, cbs=None,
+                 **kwargs) -> CSKDLearner:
+    """A `vision_learner` (or paper model) trained with CS-KD: paired batches + the `CSKD` callback (λ, T, warm-up).
+
+    `variant` is the published loss by default; 'gated', 'decoupled' (the non-target part only) and 'in_batch' are
+    `CSKD(variant=...)`, 'stored' is `StoredCSKD` (partner logits from a per-sample store, no partner pass, plain
+    batches). docs/results.md §5-§6 measures each; the README's guidance says when to pick which."""
+    cskd = _cskd_callback(lam, temp, lam_warmup, variant)   # validates λ, T, the warm-up and the variant first
     check_classes(dls)
-    dls = paired_dls(dls)
+    if variant != "stored": dls = paired_dls(dls)          # StoredCSKD draws partners from its store, not the loader
     cbs = L(cbs) + [cskd]
     return plain_learner(dls, arch, pretrained=pretrained, cbs=cbs, **kwargs)

@@ -108,8 +108,9 @@ def test_ps_kd_store_precision_and_cutmix(image_folder):
     cb = PSKD(store_dtype=torch.float16)
     learn = plain_learner(dls, TinyNet(), cbs=[cb, CutMix(1.0)], opt_func=SGD, lr=0.05)
     learn.fit(2)
-    assert cb.store.dtype == torch.float16 and bool(cb.seen.all())
-    assert torch.allclose(cb.store.float().sum(1), torch.ones(len(dls.train_ds)), atol=1e-2)
+    n = len(dls.train_ds)                                   # drop_last leaves 1 of 21 out per epoch: after two
+    assert cb.store.dtype == torch.float16 and int(cb.seen.sum()) >= n - 1     # epochs at most one is unseen
+    assert torch.allclose(cb.store[cb.seen].float().sum(1), torch.ones(int(cb.seen.sum())), atol=1e-2)
     assert np.isfinite(learn.recorder.values[-1][0])
     with pytest.raises(ValueError, match="alpha_T"): PSKD(alpha_T=1.5)
 
@@ -184,14 +185,27 @@ class Calls(Callback):
                                         ("in_batch", {})])
 def test_variants_compute_their_loss_and_passes(dls, variant, kw):
     chk = Calls()
-    learn = cskd_learner(dls, TinyNet(), lam=2.0, temp=4.0, cbs=[chk], opt_func=SGD, lr=0.01)
-    learn.cskd.variant = variant
+    learn = cskd_learner(dls, TinyNet(), lam=2.0, temp=4.0, variant=variant, cbs=[chk], opt_func=SGD, lr=0.01)
+    assert learn.cskd.variant == variant
     for k, v in kw.items(): setattr(learn.cskd, k, v)
     learn.fit(1)
     assert chk.checks and all(got == pytest.approx(want, rel=1e-4, abs=1e-5) for got, want in chk.checks)
     n_batches, n_valid = len(chk.checks), len(learn.dls.valid)
     train_forwards = chk.forwards - n_valid
     assert train_forwards == (n_batches if variant == "in_batch" else 2 * n_batches)   # no partner pass in-batch
+
+
+def test_cskd_learner_variant_stored_and_refusals(image_folder):
+    "variant='stored' gives StoredCSKD on plain batches; bad variants and a warm-up on 'stored' fail before any work."
+    dls = make_dls(image_folder, paired=False)
+    learn = cskd_learner(dls, TinyNet(), lam=2.0, temp=3.0, variant="stored", opt_func=SGD, lr=0.01)
+    cb = learn.stored_cskd
+    assert isinstance(cb, StoredCSKD) and (cb.lam, cb.temp) == (2.0, 3.0) and not hasattr(learn, "cskd")
+    assert type(learn.dls.train).__name__ == "TfmdDL"                      # no PairedDL: no partner images
+    learn.fit(2)
+    assert int(cb.seen.sum()) >= len(dls.train_ds) - 1 and np.isfinite(learn.recorder.values[-1][0])
+    with pytest.raises(ValueError, match="variant must be one of"): cskd_learner(dls, TinyNet(), variant="gate")
+    with pytest.raises(ValueError, match="no lam_warmup"): cskd_learner(dls, TinyNet(), variant="stored", lam_warmup=0.5)
 
 
 def test_in_batch_targets_are_detached():
