@@ -15,13 +15,15 @@ each on two data sources: ``synthetic`` (in-memory uint8 tensors in a fastai `Da
 model dominates) and ``real`` (an image dataset from `--data`, decoded from disk with the training pipeline of
 `cskd_fastai.train.build_dls`: PIL decode, resize, augmentation; `--workers` loader processes).
 
-Per configuration and data source, three trainers see the same anchors per epoch, the same initial weights and the
-same optimizer (SGD, momentum 0.9, wd 1e-4), interleaved (CE, CS-KD, reference, CE, ...) after one untimed warm-up
-round, so drift of the machine hits all three alike; medians over `--rounds` are reported:
+Per configuration and data source, four trainers see the same anchors per epoch, the same initial weights and the
+same optimizer (SGD, momentum 0.9, wd 1e-4), interleaved (CE, CS-KD, stored, reference, CE, ...) after one untimed
+warm-up round, so drift of the machine hits all alike; medians over `--rounds` are reported:
 
 * CE        : `train.build_learner` for a `ce` recipe: batches of B images, forward + backward.
 * CS-KD     : `train.build_learner` for a `cskd` recipe: `PairedDL` batches of B anchors + B partners, forward +
               backward on the anchors, one `no_grad` forward on the partners (the `CSKD` callback).
+* stored    : `train.build_learner` for a `cskd_stored` recipe: CE's batches (with sample ids), partners drawn on the
+              device and their logits read from the per-sample store (`StoredCSKD`): no partner pass.
 * reference : a plain-PyTorch fp32 loop written from the method description (what the official implementation
               does): sample B anchors and, for each, a random other image of its class; forward the anchors with
               grad, forward the partners under `no_grad`; loss = CE(anchors) + λ·T²·KL(softmax(partner/T) ‖
@@ -29,7 +31,8 @@ round, so drift of the machine hits all three alike; medians over `--rounds` are
               DataLoader decoding the same files with the same augmentation) and never any speed option.
 
 Time per epoch is the training phase only (validation is skipped). "anchor img/s" = training anchors / epoch time.
-Ratios: CS-KD/CE time per epoch (the price of CS-KD per anchor; the floor is ~4/3, see bench/overhead.py) and
+Ratios: CS-KD/CE time per epoch (the price of CS-KD per anchor; the floor is ~4/3, see bench/overhead.py), stored/CE
+time per epoch (the price of the stored form: ~1 if the draw and the store cost nothing) and
 CS-KD/reference anchor images/s (>= 1: the fastai implementation is at least as fast as the plain loop). On CUDA
 the peak allocated GPU memory of each trainer's epoch is reported too.
 """
@@ -146,7 +149,7 @@ def _recipe(arch: str, size: int, bs: int, augment: str, method: str, args) -> R
     "The recipe `train.build_dls` / `train.build_learner` get: what `cskd-fastai train` would build."
     return Recipe.model_validate(dict(
         name="bench", dataset=dict(name="imagefolder", image_size=size, valid_pct=args.valid_pct), model=dict(arch=arch),
-        methods=[dict(name=method, lam=LAM, temp=TEMP) if method == "cskd" else dict(name=method)],
+        methods=[dict(name=method, lam=LAM, temp=TEMP) if method.startswith("cskd") else dict(name=method)],
         train=dict(epochs=1, bs=bs, lr=LR, optimizer="sgd", momentum=0.9, wd=1e-4, schedule="constant",
                    augment=augment, mixed_precision=args.mixed_precision, channels_last=args.channels_last,
                    compile=args.compile, gpu_augment=args.gpu_augment, workers=args.workers,
@@ -271,8 +274,8 @@ def bench_one(name, arch, size, bs, augment, source, args, device, real_data=Non
         ref_batches = file_batches(items, lab, size, augment, bs, args.workers, device)
         n_anchor = len(tr_idx)
     learners = {}
-    for m, dls in (("ce", dls_ce), ("cskd", dls_kd)):
-        learn = build_learner(_recipe(arch, size, bs, augment, m, args), dls, Path("."))
+    for m, dls in (("ce", dls_ce), ("cskd", dls_kd), ("stored", dls_ce)):   # StoredCSKD indexes CE's loader per fit
+        learn = build_learner(_recipe(arch, size, bs, augment, "cskd_stored" if m == "stored" else m, args), dls, Path("."))
         learn.remove_cb(ProgressCallback)
         timer = EpochTimer(); learn.add_cb(timer)
         learners[m] = (learn, timer)
@@ -281,7 +284,7 @@ def bench_one(name, arch, size, bs, augment, source, args, device, real_data=Non
     ref_model = create_paper_model(arch, n_classes)
     ref_model.load_state_dict(init)
     ref = Reference(ref_model, device, ref_batches)
-    peaks = {"ce": [], "cskd": [], "ref": []}
+    peaks = {"ce": [], "cskd": [], "stored": [], "ref": []}
 
     def run(which):
         with _Peak(device) as pk:
@@ -293,37 +296,39 @@ def bench_one(name, arch, size, bs, augment, source, args, device, real_data=Non
                 with learn.no_logging(): learn.fit(1, LR, reset_opt=True)
         peaks[which].append(pk.gib)
 
-    order = ("ce", "cskd", "ref")
+    order = ("ce", "cskd", "stored", "ref")
     for w in order: run(w)                                          # warm-up: allocator, kernel selection, compile
-    for w in ("ce", "cskd"): learners[w][1].times.clear()
+    for w in learners: learners[w][1].times.clear()
     ref.times.clear()
     for r in range(args.rounds):
         for w in order: run(w)
         print(f"  {name}/{source} round {r + 1}: CE {learners['ce'][1].times[-1]:.3f} s, "
-              f"CS-KD {learners['cskd'][1].times[-1]:.3f} s, ref {ref.times[-1]:.3f} s", file=sys.stderr, flush=True)
+              f"CS-KD {learners['cskd'][1].times[-1]:.3f} s, stored {learners['stored'][1].times[-1]:.3f} s, "
+              f"ref {ref.times[-1]:.3f} s", file=sys.stderr, flush=True)
     med = statistics.median
-    t = dict(ce=med(learners["ce"][1].times), cskd=med(learners["cskd"][1].times), ref=med(ref.times))
+    t = dict(**{w: med(learners[w][1].times) for w in learners}, ref=med(ref.times))
     kd_over_ce = med(k / c for k, c in zip(learners["cskd"][1].times, learners["ce"][1].times))
+    stored_over_ce = med(k / c for k, c in zip(learners["stored"][1].times, learners["ce"][1].times))
     kd_vs_ref = med(r / k for k, r in zip(learners["cskd"][1].times, ref.times))
     mem = {k: max(v[1:] or v) for k, v in peaks.items()}
     return dict(config=name, source=source, arch=arch, size=size, bs=bs, n_anchor=n_anchor,
                 batches=len(learners["cskd"][0].dls.train), t=t, ips={k: n_anchor / v for k, v in t.items()},
-                kd_over_ce=kd_over_ce, kd_vs_ref=kd_vs_ref, mem=mem)
+                kd_over_ce=kd_over_ce, stored_over_ce=stored_over_ce, kd_vs_ref=kd_vs_ref, mem=mem)
 
 
 def print_table(rows, device):
     cuda = device.type == "cuda"
     print()
     print("| config | data | model | px | B | anchors/epoch | CE s/epoch | CS-KD s/epoch | ref s/epoch | "
-          "CE anchor img/s | CS-KD anchor img/s | ref anchor img/s | CS-KD/CE time | CS-KD/ref img/s |"
-          + (" peak GiB CE / CS-KD / ref |" if cuda else ""))
-    print("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|" + ("---:|" if cuda else ""))
+          "CE anchor img/s | CS-KD anchor img/s | ref anchor img/s | CS-KD/CE time | stored/CE time | CS-KD/ref img/s |"
+          + (" peak GiB CE / CS-KD / stored / ref |" if cuda else ""))
+    print("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|" + ("---:|" if cuda else ""))
     for o in rows:
         t, ips, m = o["t"], o["ips"], o["mem"]
         print(f"| {o['config']} | {o['source']} | {o['arch']} | {o['size']} | {o['bs']} | {o['n_anchor']} | "
               f"{t['ce']:.3f} | {t['cskd']:.3f} | {t['ref']:.3f} | {ips['ce']:.1f} | {ips['cskd']:.1f} | "
-              f"{ips['ref']:.1f} | {o['kd_over_ce']:.2f} | {o['kd_vs_ref']:.2f} |"
-              + (f" {m['ce']:.2f} / {m['cskd']:.2f} / {m['ref']:.2f} |" if cuda else ""))
+              f"{ips['ref']:.1f} | {o['kd_over_ce']:.2f} | {o['stored_over_ce']:.2f} | {o['kd_vs_ref']:.2f} |"
+              + (f" {m['ce']:.2f} / {m['cskd']:.2f} / {m['stored']:.2f} / {m['ref']:.2f} |" if cuda else ""))
 
 
 def parse_args(argv=None):
@@ -393,7 +398,8 @@ def main(argv=None):
             rows.append(bench_one(name, arch, size, bs, augment, src, args, device, real))
     print_table(rows, device)
     print()
-    print("CS-KD/CE time: CS-KD epoch time / CE epoch time at equal anchors (floor ~1.33: one extra no-grad forward). "
+    print("CS-KD/CE time: CS-KD epoch time / CE epoch time at equal anchors (floor ~1.33: one extra no-grad forward); "
+          "stored/CE likewise for cskd_stored (no partner pass: ~1). "
           "CS-KD/ref img/s: CS-KD anchor images/s / reference anchor images/s (>= 1: not slower than the plain loop).")
     print(f"torch {torch.__version__}, fastai {fastai.__version__}, python {platform.python_version()}; "
           f"load average before/after: {load0:.2f}/{os.getloadavg()[0]:.2f}")

@@ -33,9 +33,12 @@ def _fail(msg: str, code: int = 2):
 
 
 def _one_line(e: BaseException) -> str:
-    "fastai wraps callback errors over several lines; keep the informative last one."
+    """The error's informative line: fastai wraps a callback's error under an "Exception occured in `CB` when calling
+    event `EV`:" header, and torch ends some messages with a "For more information, ..." hint; both are dropped."""
     lines = [l.strip() for l in str(e).splitlines() if l.strip()]
-    msg = lines[-1] if lines else type(e).__name__
+    lines = [l for l in lines if not (l.startswith("Exception occured in `") and l.endswith(":"))
+             and not l.startswith("For more information")]
+    msg = lines[0] if lines else type(e).__name__
     return msg.split(": ", 1)[1] if msg.startswith(("cskd_fastai.", "ValueError: ")) and ": " in msg else msg
 
 

@@ -158,8 +158,10 @@ class IndexedDL(TfmdDL):
     """A `TfmdDL` whose training items carry their dataset index as a last element: `(x, y, i)`. Methods with
     per-sample state (PS-KD's last-epoch predictions) read it; the index travels through workers and collation like
     a label. Derived loaders (valid, test, `get_preds`, exports) are plain."""
-    def create_item(self, s):
-        item = super().create_item(s)
+    def do_item(self, s):
+        # appended *after* the item transforms: a transform typed on `int` (the image cache's `CachedCrop` maps a cache
+        # index to an image) would otherwise turn the sample id into an image too
+        item = super().do_item(s)
         return None if item is None else (*item, 0 if s is None else s)   # s is None in fastai's one-pass probe
 
     @classmethod

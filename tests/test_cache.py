@@ -70,6 +70,24 @@ def test_cached_valid_and_test_pixels_equal_the_plain_pipeline(cub, tmp_path, au
     assert [cached.vocab[int(y)] for _, y in cached.train_ds] == [plain.vocab[int(y)] for _, y in plain.train_ds]
 
 
+@pytest.mark.parametrize("gpu_augment", [False, True])
+def test_sample_ids_survive_the_cache(cub, gpu_augment):
+    "PS-KD / cskd_stored batches end with sample ids; the cache's int -> image transform must leave them ids."
+    from cskd_fastai.train import build_dls
+    data = load_dataset("cub", cub)
+    r = _recipe(cub, "resized_crop_flip", "memory")
+    r.train.gpu_augment = gpu_augment
+    cache = build_cache(list(data.train.items) + list(data.test.items), cache_side(16, "resized_crop_flip"), "rrc",
+                        "memory", log=lambda m: None)
+    dls = build_dls(r, data, 0, paired=False, device="cpu", cache=cache, indexed=True)
+    seen = []
+    for x, y, i in dls.train:
+        assert x.shape[1:] == (3, 16, 16) and i.shape == y.shape and not i.is_floating_point()
+        assert [int(dls.train_ds[k][1]) for k in i.tolist()] == y.tolist()   # each id names its own sample
+        seen += i.tolist()
+    assert len(set(seen)) == len(seen) and set(seen) <= set(range(len(dls.train_ds)))
+
+
 def test_training_crops_follow_random_resized_crop(cub, tmp_path):
     data = load_dataset("cub", cub)
     items = list(data.train.items)

@@ -357,3 +357,16 @@ def test_paired_test_pairs_runs_with_renamed_class_indices(tmp_path):
     c = _logits_run(tmp_path / "other", hit(y, [1] * 6), torch.tensor([0, 1, 1, 1, 2, 2]))   # not a renaming
     r = subprocess.run(script + [str(a), str(c)], capture_output=True, text=True, env=ENV, timeout=120)
     assert r.returncode != 0 and "not evaluated on the same test labels" in r.stderr
+
+
+@pytest.mark.parametrize("msg,want", [
+    ("Exception occured in `PSKD` when calling event `before_batch`:\n\tMultiple dispatch failed for 'torch.where'; "
+     "all __torch_function__ handlers returned NotImplemented:\n\n  - tensor subclass TensorImage\n\n"
+     "For more information, try re-running with TORCH_LOGS=not_implemented",
+     "Multiple dispatch failed for 'torch.where'; all __torch_function__ handlers returned NotImplemented:"),
+    ("Exception occured in `CSKD` when calling event `after_loss`:\n\tValueError: lam must be >= 0", "lam must be >= 0"),
+    ("one line", "one line"), ("", "RuntimeError")])
+def test_one_line_keeps_the_informative_line(msg, want):
+    "fastai's callback header and torch's closing hint are not the error: the CLI prints the line that says what failed."
+    from cskd_fastai.cli import _one_line
+    assert _one_line(RuntimeError(msg)) == want

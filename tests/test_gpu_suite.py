@@ -31,9 +31,9 @@ def test_dry_run_answers_every_section(tmp_path):
     timed = [t for t in res["throughput"] if "ips" in t]
     assert {(t["config"], t["source"]) for t in timed} >= {("cifar", "synthetic"), ("r18b32", "real")}
     assert any(t["variant"] == "bf16+cl+cache+gpu_aug" for t in timed)       # the cache path ran too
-    for t in timed: assert t["ips"]["cskd"] > 0 and t["kd_over_ce"] > 0 and t["gflops_fwd"] > 0
+    for t in timed: assert t["ips"]["cskd"] > 0 and t["kd_over_ce"] > 0 and t["stored_over_ce"] > 0 and t["gflops_fwd"] > 0
     h = res["headline"]
-    assert h["cskd_over_ce"] > 0 and h["cskd_over_ref"] > 0 and 0 < h["bf16_peak_fraction"]
+    assert h["cskd_over_ce"] > 0 and h["stored_over_ce"] > 0 and h["cskd_over_ref"] > 0 and 0 < h["bf16_peak_fraction"]
     kd = res["smoke"]["kd_bf16"]
     assert kd["ok"] and kd["partner_dtype"] == "torch.bfloat16" and kd["steps"] > 0 and kd["max_abs_err_vs_fp64"] < 3e-5
     assert res["smoke"]["nccl"]["ok"] and res["smoke"]["nccl"]["world_size"] == 1
