@@ -42,3 +42,32 @@ def test_dry_run_answers_every_section(tmp_path):
         assert p["epochs_done"] >= 1 and p["projected_200_epochs_h"] is not None, p
     md = (tmp_path / "o" / "suite.md").read_text()
     assert "**Headline**" in md and md.strip() in r.stdout
+
+
+def test_evidence_parks_out_of_the_device_carry_and_back(tmp_path, monkeypatch):
+    "docs/evidence outgrew the 64 MiB a device call carries: parked it travels not, commits are refused, unpark restores."
+    import importlib, subprocess as sp
+    sys.path.insert(0, str(ROOT / "bench"))
+    gp = importlib.import_module("gpu_prepare")
+    repo = tmp_path / "r"
+    (repo / "docs" / "evidence" / "run").mkdir(parents=True)
+    (repo / "docs" / "evidence" / "run" / "logits.pt").write_bytes(b"x" * 5000)
+    (repo / "code.py").write_text("print(1)\n")
+    git = lambda *a, check=True: sp.run(["git", "-c", "user.email=t@t", "-c", "user.name=t", *a], cwd=repo,
+                                        capture_output=True, text=True, check=check)
+    git("init", "-q"); git("add", "."); git("commit", "-qm", "init")
+    monkeypatch.setattr(gp, "ROOT", repo)
+    full = gp.tracked_bytes()
+    (repo / "docs" / "evidence" / "new.txt").write_text("uncommitted")
+    with pytest.raises(SystemExit, match="uncommitted changes"): gp.park_evidence()
+    (repo / "docs" / "evidence" / "new.txt").unlink()
+    gp.park_evidence()
+    assert gp.tracked_bytes() == full - 5000 and git("ls-files").stdout.split() == ["code.py"]
+    st = git("status", "--porcelain", "--untracked-files=all").stdout.splitlines()
+    assert st == ["D  docs/evidence/run/logits.pt"]          # out of the index (staged), and ignored: never "??"
+    assert (repo / "docs" / "evidence" / "run" / "logits.pt").stat().st_size == 5000       # and still on disk
+    assert git("commit", "-qm", "oops", check=False).returncode != 0                      # never committed parked
+    gp.unpark_evidence()
+    assert gp.tracked_bytes() == full and git("status", "--porcelain").stdout == ""
+    assert not (repo / ".git" / "hooks" / "pre-commit").exists()
+    assert "docs/evidence" not in (repo / ".git" / "info" / "exclude").read_text()
