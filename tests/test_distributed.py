@@ -40,14 +40,17 @@ WORKER = textwrap.dedent('''
     class Record(Callback):
         "Anchor/partner item ids and labels of every training batch, read from the pixels before CSKD splits them."
         order = CSKD.order - 1
-        def __init__(self): self.batches = []
+        def __init__(self): self.batches, self.store = [], None
         def before_batch(self):
-            if not self.training: return
+            if not self.training or not hasattr(self.learn, "cskd"): return   # the paired (CS-KD) run only
             px = ((self.xb[0][:, :, 0, 0].float().cpu() * STD[:, 0, 0] + MEAN[:, 0, 0]) * 255).round().long()
             y = self.yb[0].cpu().tolist(); b = len(y) // 2
             ids, cls = px[:, 0].tolist(), (px[:, 1] // 60).tolist()
             self.batches.append(dict(anchors=ids[:b], partners=ids[b:], y_anchor=y[:b], y_partner=y[b:],
                                      pix_cls_anchor=cls[:b], pix_cls_partner=cls[b:]))
+        def after_fit(self):   # the cskd_stored run: its per-sample store as this rank ends it
+            cb = getattr(self.learn, "stored_cskd", None)
+            if cb is not None: self.store = dict(seen=cb.seen.tolist(), store=cb.store.tolist())
 
     rec = Record()
     orig = T.build_learner
@@ -57,7 +60,7 @@ WORKER = textwrap.dedent('''
 
     from cskd_fastai.cli import app
     app(sys.argv[4:], standalone_mode=False)
-    json.dump(dict(rank=rank, world=int(os.environ["WORLD_SIZE"]), batches=rec.batches),
+    json.dump(dict(rank=rank, world=int(os.environ["WORLD_SIZE"]), batches=rec.batches, store=rec.store),
               open(os.path.join(rec_dir, f"rank{rank}.json"), "w"))
 
     # fastai's gather in DistributedDL.to_detach for get_preds: both ranks predict their slice of the test set
@@ -96,7 +99,8 @@ def ddp_run(tmp_path_factory):
     recipe = base / "r.yaml"
     recipe.write_text(yaml.safe_dump(dict(
         name="ddp", dataset=dict(name="imagefolder", root=str(data), image_size=8, valid_pct=0.25),
-        model=dict(arch="small_cnn"), methods=[dict(name="cskd", lam=1.0)], seeds=[0],
+        model=dict(arch="small_cnn"), methods=[dict(name="cskd", lam=1.0), dict(name="cskd_stored", lam=1.0)],
+        seeds=[0],
         train=dict(epochs=1, bs=3, lr=0.05, schedule="constant", augment="none"))))
     (base / "rec").mkdir()
     (base / "worker.py").write_text(WORKER)
@@ -134,7 +138,7 @@ def test_only_rank0_writes_and_metrics_match_single_process(ddp_run):
     from cskd_fastai.evaluate import evaluate_run
     d = ddp_run["run_dir"]
     out = ddp_run["stdout"]
-    assert out.count("training ddp / cskd-lam1-T4") == 1 and out.count("epoch 1/1") == 1   # rank 0 logs alone
+    assert out.count("training ddp / cskd-lam1-T4 ") == 1 and out.count("epoch 1/1") == 2   # rank 0 logs alone (2 runs)
     assert "2 processes x 3 anchors per step" in out
     for f in ("recipe.yaml", "env.json", "history.csv", "metrics.json", "logits.pt", "export.pkl", "checkpoint.pth", "DONE"):
         assert (d / f).exists(), f
@@ -154,6 +158,14 @@ def test_only_rank0_writes_and_metrics_match_single_process(ddp_run):
     for col in ("train_ce", "train_kd", "anchor_conf"): assert np.isfinite(h[col])
 
 
+def test_per_sample_stores_are_shared_by_all_ranks(ddp_run):
+    "cskd_stored under DDP: each rank trained half the samples, yet both end with the same, complete store."
+    a, b = (r["store"] for r in ddp_run["ranks"])
+    assert sum(a["seen"]) == sum(b["seen"]) == 14 and a["seen"] == b["seen"]    # 7 per rank; alone, each knew 7
+    assert np.allclose(a["store"], b["store"])
+    assert (ddp_run["base"] / "runs" / "ddp" / "cskd-lam1-T4-stored-gated" / "seed0" / "DONE").exists()
+
+
 def test_get_preds_gathers_all_ranks(ddp_run):
     import torch
     from cskd_fastai.rundir import load_logits
@@ -171,3 +183,31 @@ def test_distributed_flag_builds_a_torchrun_command_and_checks_input(tmp_path):
     runner = CliRunner()
     res = runner.invoke(app, ["train", str(ROOT / "recipes" / "quickstart.yaml"), "--nproc", "2"])
     assert res.exit_code == 2 and "--nproc needs --distributed" in res.output
+
+
+GATHER = textwrap.dedent('''
+    import sys, torch, torch.distributed as dist
+    from cskd_fastai.callbacks.sample_store import gather_rows
+    rank, init, out = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=2)
+    n = 2 if rank == 0 else 3                           # unequal batches: the padding path
+    idx = torch.arange(n) + 10 * rank
+    vals = torch.full((n, 4), float(rank)) + torch.arange(n)[:, None]
+    gi, gv = gather_rows(idx, vals)
+    torch.save(dict(idx=gi, vals=gv), f"{out}.{rank}")
+    dist.destroy_process_group()
+''')
+
+
+def test_gather_rows_concatenates_unequal_batches_in_rank_order(tmp_path):
+    (tmp_path / "g.py").write_text(GATHER)
+    init = f"file://{tmp_path / 'pg'}"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    ps = [subprocess.Popen([sys.executable, str(tmp_path / "g.py"), str(r), init, str(tmp_path / "o")], env=env)
+          for r in range(2)]
+    assert [p.wait(timeout=120) for p in ps] == [0, 0]
+    import torch
+    for r in range(2):
+        got = torch.load(tmp_path / f"o.{r}")
+        assert got["idx"].tolist() == [0, 1, 10, 11, 12]
+        assert got["vals"][:, 0].tolist() == [0, 1, 1, 2, 3] and got["vals"].shape == (5, 4)

@@ -7,9 +7,8 @@ t of T (α_T = 0.8), as in the authors' code. The loss is cross-entropy against 
 plain CE. The store of last-epoch predictions holds N × C numbers: 50k × 100 floats (CIFAR-100) is 20 MB, ImageNet's
 1.28M × 1000 is 5.1 GB in float32 or 2.6 GB with `store_dtype=torch.float16` (kept on the training device).
 
-Limitation: under multi-process training each process keeps its own store and updates only the samples it saw;
-a sample another process saw last epoch falls back to its one-hot label (or an older prediction). Exact PS-KD
-across processes would all-gather the updates each step; it is not implemented.
+Under multi-process training every rank's store receives every rank's predictions (`SampleStoreMixin.write_store`
+all-gathers them each step), so a sample another process saw last epoch still has its prediction.
 """
 from __future__ import annotations
 
@@ -57,7 +56,4 @@ class PSKD(SampleStoreMixin, Callback):
         self.idx = idx
         self.learn.yb = ((1 - self.alpha) * onehot + self.alpha * prev,)
 
-    def after_loss(self):
-        with torch.no_grad():
-            self.store[self.idx] = F.softmax(self.pred.detach().float(), -1).to(self.store.device, self.store_dtype)
-            self.seen[self.idx] = True
+    def after_loss(self): self.write_store(self.idx, F.softmax(self.pred.detach().float(), -1))

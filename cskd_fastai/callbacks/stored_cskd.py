@@ -12,7 +12,7 @@ epoch a partner not yet seen contributes no term (its anchor's KD term is 0).
 
 `gated=True` (default) scales each anchor's term by the partner's informativeness 1 - H(softmax(partner/T))/log C,
 as `CSKD(variant='gated')` does: near-uniform partner targets then stop acting as a confidence penalty.
-Limitation: under multi-process training each process stores only the samples it saw (as `PSKD`).
+Under multi-process training every rank's store receives every rank's predictions each step (as `PSKD`'s).
 """
 from __future__ import annotations
 
@@ -73,9 +73,7 @@ class StoredCSKD(SampleStoreMixin, Callback):
         ce = self.learn.loss.detach()
         self.learn.loss_grad = self.learn.loss_grad + self.lam * kd   # what is backpropagated
         self.learn.loss = ce + self.lam * kd.detach()                 # what Recorder logs
-        with torch.no_grad():   # this batch's predictions become the store's entries for its samples
-            self.store[self.idx] = self.pred.detach().to(self.store.device, self.store_dtype)
-            self.seen[self.idx] = True
+        self.write_store(self.idx, self.pred)   # this batch's predictions become the store's entries for its samples
         if self.log_stats: self._accumulate(ce, kd.detach(), p)
 
     def after_batch(self): self.partner_logits = self.partner_seen = None
