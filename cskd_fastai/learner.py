@@ -21,13 +21,13 @@ from fastcore.meta import delegates
 from torch import nn
 
 from .callback import CSKD, VARIANTS, LamSchedule
-from .progress import quiet_fill_check
-
-quiet_fill_check()   # no stray '█' from fastprogress in logs and terminals
 from .callbacks.pskd import PSKD
 from .callbacks.stored_cskd import StoredCSKD
 from .data import check_classes, paired_dls
+from .progress import quiet_fill_check
 from .teacher import TeacherKD
+
+quiet_fill_check()   # no stray '█' from fastprogress in logs and terminals
 
 __all__ = ["cskd_learner", "plain_learner", "CSKDLearner", "CSKD_LEARNER_VARIANTS", "TRAINING_ONLY_CALLBACKS"]
 
