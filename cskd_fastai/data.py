@@ -57,18 +57,13 @@ class ClassIndex:
 
     def partners(self, anchors: Sequence[int], u: np.ndarray | None = None) -> np.ndarray:
         "A uniform draw among the other items of each anchor's class (the anchor itself if it is alone)."
-        a = np.asarray(anchors, dtype=np.int64)
-        c = self.labels[a]
-        n_other = self.counts[c] - 1
-        if u is None: u = torch.rand(len(a), dtype=torch.float64).numpy()  # torch RNG: seeded per worker by fastai
-        r = np.minimum((u * n_other).astype(np.int64), np.maximum(n_other - 1, 0))
-        r = r + (r >= self.pos[a])                                  # skip the anchor itself
-        p = self.order[self.starts[c] + np.where(n_other > 0, r, self.pos[a])]
-        return p
+        # one implementation, `partners_like`, on the CPU; torch's RNG is seeded per loader worker by fastai
+        return self.partners_like(torch.as_tensor(np.asarray(anchors, dtype=np.int64)),
+                                  None if u is None else torch.as_tensor(u, dtype=torch.float64)).numpy()
 
     def partners_like(self, anchors: torch.Tensor, u: torch.Tensor | None = None) -> torch.Tensor:
-        """`partners` on a tensor of anchor indices, computed on its device: no host round trip per step on a GPU.
-        On the CPU it draws the same `torch.rand` numbers, so it returns exactly what `partners` returns."""
+        """`partners` on a tensor of anchor indices, computed on its device: no host round trip per step on a GPU
+        (`partners` is this, on the CPU)."""
         t = self._tensors(anchors.device)
         a = anchors.long()
         c = t["labels"][a]
