@@ -29,7 +29,7 @@ from torch import Tensor
 
 from .calibration import MIN_ERRORS, apply_temperature, confidence_histogram, reliability_diagram
 from .images import IMAGE_FORMATS, MAX_PIXELS, MAX_SIDE, one_line, safe_image  # noqa: F401  (re-exported)
-from .rundir import EXAMPLES
+from .rundir.examples import EXAMPLES
 from .serving import (ModelEntry, inside_folders, stored_split, calibration_numbers, example_images, load_model,  # noqa: F401
                       load_models, predict, predict_logits, run_facts, top_k, unusual_confidence)
 

@@ -15,7 +15,7 @@ from fastai.learner import ValueMetric
 from fastai.torch_core import find_bs
 
 from .data import PairedDL, paired_dls
-from .methods.base import check_temp, check_weight
+from .checks import check_fraction, check_temp, check_weight
 from .losses import class_wise_kd, decoupled_kd, informativeness
 from .losses.softened_kl import softened_kl_per_sample
 
@@ -34,9 +34,7 @@ def _check_lam(lam) -> None:
                                         f"progress, got {lam!r}") from None
 
 
-def _check_warmup(warmup) -> None:
-    if isinstance(warmup, bool) or not isinstance(warmup, (int, float)) or not 0 <= warmup <= 1:
-        raise ValueError(f"lam_warmup must be a fraction of training in [0, 1], got {warmup!r}")
+def _check_warmup(warmup) -> None: check_fraction(warmup, "lam_warmup", "a fraction of training")
 
 
 def warmup_schedule(lam: float, warmup: float) -> Callable[[float], float]:

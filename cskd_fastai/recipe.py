@@ -8,10 +8,10 @@ from typing import Literal, Optional, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from .methods import METHODS, Method, safe_component
+from .checks import safe_component
+from .methods import METHODS, Method
 
-__all__ = ["Recipe", "RecipeError", "load_recipe", "apply_overrides", "recipe_of_run", "Method", "DatasetCfg", "ModelCfg", "TrainCfg",
-           "safe_component"]
+__all__ = ["Recipe", "RecipeError", "load_recipe", "apply_overrides", "recipe_of_run", "Method", "DatasetCfg", "ModelCfg", "TrainCfg"]
 
 def _component(v: Optional[str]) -> Optional[str]:
     if v is not None and safe_component(v) is None:

@@ -21,7 +21,8 @@ from torch import Tensor
 from .calibration import TemperatureFit, apply_temperature, fit_temperature_checked
 from .images import MAX_SIDE, safe_image
 from .metrics.functional import calibration_error, nll
-from .rundir import RunDirError, load_logits, load_run, load_run_learner, read_examples
+from .rundir.examples import read_examples
+from .rundir import RunDirError, load_logits, load_run, load_run_learner
 from .speed import channels_last
 
 __all__ = ["ModelEntry", "load_models", "load_model", "predict_logits", "predict", "top_k", "calibration_numbers",
@@ -234,7 +235,7 @@ def calibration_numbers(entry: ModelEntry, T: float | None = None) -> dict:
 
 def example_images(entries: Sequence[ModelEntry], n: int = 6) -> list[tuple[Path, str]]:
     """Up to `n` example images as `(png_path, true_class)`: the test thumbnails `train` stored inside each run
-    directory (`rundir.read_examples`). Nothing else is opened: not a data root named in a file, not a pickle."""
+    directory (`examples.read_examples`). Nothing else is opened: not a data root named in a file, not a pickle."""
     found, seen = [], set()
     for e in entries:
         if e.path is None: continue

@@ -5,7 +5,7 @@ import torch
 from fastai.callback.core import Callback
 from fastai.callback.mixup import MixUp
 
-from .methods.base import check_temp
+from .checks import check_temp, check_weight
 from .losses import teacher_kd
 
 __all__ = ["TeacherKD"]
@@ -16,8 +16,7 @@ class TeacherKD(Callback):
     order, run_valid = MixUp.order + 1, False   # after CSKD's split and MixUp: the teacher sees the student's input
 
     def __init__(self, teacher: torch.nn.Module, teacher_classes=None, weight: float = 1.0, temp: float = 4.0):
-        check_temp(temp)
-        if not weight >= 0: raise ValueError(f"teacher weight must be >= 0, got {weight!r}")
+        check_temp(temp); check_weight(weight, "teacher weight")
         self.teacher, self.teacher_classes, self.weight, self.temp = teacher.eval(), teacher_classes, weight, temp
 
     def before_fit(self):

@@ -25,6 +25,7 @@ from fastai.torch_core import set_seed
 
 from . import distributed as D
 from . import rundir as R
+from .rundir.examples import write_examples
 from .cache import ImageCache
 from .callbacks.memory import ReleaseMemory
 from .callbacks.training import (DivergenceGuard, EpochCheckpoint, EpochLineLogger, HistoryCSV, PaperSchedule,  # noqa: F401
@@ -248,7 +249,7 @@ def _finish_run(recipe: Recipe, run_dir: Path, data: ImageDataset, learn, dls, n
     if recipe.train.cache != "none":   # the export predicts on image files: give it the plain (decoding) pipeline
         learn.dls = build_dls(recipe, data, recipe.seed, paired=False, device=dls.device)
     R.save_hashed(lambda t: learn.export(Path(t).resolve()), run_dir, R.EXPORT)
-    R.write_examples(run_dir, data.test.items, data.test.labels, data.classes)
+    write_examples(run_dir, data.test.items, data.test.labels, data.classes)
     try: _plots(run_dir, splits["test"], meth.run_label)
     except OSError as e:
         msg = R.disk_full_message(run_dir / "reliability.png", e)

@@ -12,13 +12,12 @@ all-gathers them each step), so a sample another process saw last epoch still ha
 """
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from fastai.callback.core import Callback
 from fastai.callback.mixup import CutMix, MixUp
 
+from ..checks import check_fraction
 from ..losses import SoftTargetCE
 from .sample_store import SampleStoreMixin, check_store_dtype
 
@@ -30,10 +29,8 @@ class PSKD(SampleStoreMixin, Callback):
     order, run_valid = min(MixUp.order, CutMix.order) - 1, False   # soft targets exist before MixUp/CutMix mix them
 
     def __init__(self, alpha_T: float = 0.8, store_dtype: torch.dtype = torch.float32):
-        if isinstance(alpha_T, bool) or not isinstance(alpha_T, (int, float)) or not math.isfinite(alpha_T) \
-                or not 0 <= alpha_T <= 1:
-            raise ValueError(f"alpha_T must be in [0, 1] (the paper uses 0.8), got {alpha_T!r}")
-        self.alpha_T, self.store_dtype = float(alpha_T), check_store_dtype(store_dtype)
+        self.alpha_T = check_fraction(alpha_T, "alpha_T", "the paper uses 0.8")
+        self.store_dtype = check_store_dtype(store_dtype)
         self._restore = None
 
     def alpha_at(self, epoch: int, n_epoch: int) -> float: return self.alpha_T * (epoch + 1) / n_epoch

@@ -24,7 +24,7 @@ from ..callback import add_stat_metrics, remove_stat_metrics
 from ..data import ClassIndex, dataset_labels
 from ..losses import informativeness
 from ..losses.softened_kl import softened_kl_per_sample
-from ..methods.base import check_temp, check_weight
+from ..checks import check_flag, check_temp, check_weight
 from .sample_store import SampleStoreMixin, check_store_dtype
 
 __all__ = ["StoredCSKD"]
@@ -39,8 +39,7 @@ class StoredCSKD(SampleStoreMixin, Callback):
     def __init__(self, lam: float = 1.0, temp: float = 4.0, gated: bool = True,
                  store_dtype: torch.dtype = torch.float32, log_stats: bool = True):
         self.lam, self.temp = check_weight(lam, "lam"), check_temp(temp)
-        if not isinstance(gated, bool): raise ValueError(f"gated must be True or False, got {gated!r}")
-        self.gated, self.store_dtype, self.log_stats = gated, check_store_dtype(store_dtype), log_stats
+        self.gated, self.store_dtype, self.log_stats = check_flag(gated, "gated"), check_store_dtype(store_dtype), log_stats
         self._restore, self._sums = None, None
 
     # ---- fit-level events -------------------------------------------------------------------------

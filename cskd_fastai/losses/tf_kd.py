@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..checks import check_fraction, check_open_unit, check_temp
 from .precision import at_least_float32
 
 __all__ = ["designed_teacher", "tf_kd_loss", "TfKDLoss"]
@@ -42,11 +43,8 @@ class TfKDLoss(nn.Module):
     y_int = True   # MixUp/CutMix: mix the losses of the two labels, never the integer labels themselves
     def __init__(self, a: float = 0.9, temp: float = 20.0, alpha: float = 0.1):
         super().__init__()
-        from ..methods.base import check_temp, check_weight   # the rules every method's arguments follow
-        if not 0 < check_weight(a, "a") < 1:
-            raise ValueError(f"a (the designed teacher's probability of the true class) must be in (0, 1), got {a!r}")
-        if check_weight(alpha, "alpha") > 1: raise ValueError(f"alpha (the KD weight) must be in [0, 1], got {alpha!r}")
-        self.a, self.temp, self.alpha = float(a), check_temp(temp), float(alpha)
+        self.a = check_open_unit(a, "a", "the designed teacher's probability of the true class")
+        self.temp, self.alpha = check_temp(temp, hint="the paper uses 20"), check_fraction(alpha, "alpha", "the KD weight")
     def forward(self, logits: Tensor, labels: Tensor, reduction: str = "mean") -> Tensor:
         return tf_kd_loss(logits, labels, self.a, self.temp, self.alpha, reduction)
     def activation(self, x: Tensor) -> Tensor: return F.softmax(x, dim=-1)

@@ -10,7 +10,7 @@ from typing import Annotated, Union
 
 from pydantic import Field
 
-from .base import MethodBase, check_temp, check_weight, safe_component
+from .base import MethodBase
 from .ce import CE
 from .cskd import CSKDMethod
 from .cskd_stored import StoredCSKDMethod
@@ -18,8 +18,7 @@ from .label_smoothing import LabelSmoothing
 from .ps_kd import PSKDMethod
 from .tf_kd import TfKDMethod
 
-__all__ = ["Method", "METHODS", "MethodBase", "CE", "LabelSmoothing", "CSKDMethod", "StoredCSKDMethod", "PSKDMethod", "TfKDMethod",
-           "check_temp", "check_weight", "safe_component"]
+__all__ = ["Method", "METHODS", "MethodBase", "CE", "LabelSmoothing", "CSKDMethod", "StoredCSKDMethod", "PSKDMethod", "TfKDMethod"]
 
 METHODS = (CE, LabelSmoothing, CSKDMethod, StoredCSKDMethod, PSKDMethod, TfKDMethod)
 Method = Annotated[Union[CE, LabelSmoothing, CSKDMethod, StoredCSKDMethod, PSKDMethod, TfKDMethod], Field(discriminator="name")]

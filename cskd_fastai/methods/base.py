@@ -6,43 +6,23 @@ from typing import ClassVar, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-__all__ = ["Strict", "MethodBase", "check_temp", "check_weight", "safe_component"]
+from ..checks import check_temp, check_weight, safe_component
+
+__all__ = ["Strict", "MethodBase"]
 
 
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
-def safe_component(s) -> Optional[str]:
-    """`s` if it is one safe path component (letters, digits, `_ . + = -`, not starting with a dot, no `..`), else
-    None. Recipe names and method labels become folders under --out: they must never climb out of it."""
-    import re
-    return s if isinstance(s, str) and re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.+=-]{0,99}", s) and ".." not in s else None
-
-
-def check_temp(temp) -> float:
-    "One place for every temperature of every method: a finite number > 0."
-    import math
-    if isinstance(temp, bool) or not isinstance(temp, (int, float)) or not math.isfinite(temp) or temp <= 0:
-        raise ValueError(f"temp must be a finite number > 0 (the paper uses 4), got {temp!r}")
-    return float(temp)
-
-
-def check_weight(w, name: str = "lam") -> float:
-    import math
-    if isinstance(w, bool) or not isinstance(w, (int, float)) or not math.isfinite(w) or w < 0:
-        raise ValueError(f"{name} must be a finite number >= 0, got {w!r}")
-    return float(w)
-
-
 class MethodBase(Strict):
     """Fields every method has: a run label, MixUp/CutMix, and standard KD from a teacher run beside it."""
     label: Optional[str] = Field(None, description="name of this method's runs (default derived)")
     mix: Optional[str] = Field(None, description="mixup or cutmix, applied to the (anchor) batch")
-    mix_alpha: float = Field(1.0, gt=0)
+    mix_alpha: float = Field(1.0, description="Beta(α, α) of MixUp/CutMix (> 0)")
     teacher: Optional[str] = Field(None, description="run dir of an exported teacher: adds standard KD")
-    teacher_weight: float = Field(1.0, ge=0)
-    teacher_temp: float = Field(4.0, gt=0)
+    teacher_weight: float = Field(1.0, description="weight of the teacher's KD term (>= 0)")
+    teacher_temp: float = Field(4.0, description="temperature of the teacher's KD term (> 0)")
 
     paired: ClassVar[bool] = False       # batches of B anchors + B same-class partners (PairedDL)
     needs_ids: ClassVar[bool] = False    # each sample's dataset index travels with its label (per-sample state, e.g. PS-KD)
@@ -55,6 +35,10 @@ class MethodBase(Strict):
         if v is not None and safe_component(v) is None:
             raise ValueError("expected one folder name: letters, digits and _ . + = - (no '/', no '..', no leading dot)")
         return v
+
+    _mix_alpha_ok = field_validator("mix_alpha")(classmethod(lambda cls, v: check_temp(v, "mix_alpha", "")))
+    _teacher_weight_ok = field_validator("teacher_weight")(classmethod(lambda cls, v: check_weight(v, "teacher_weight")))
+    _teacher_temp_ok = field_validator("teacher_temp")(classmethod(lambda cls, v: check_temp(v, "teacher_temp")))
 
     @field_validator("mix")
     @classmethod

@@ -5,13 +5,14 @@ from typing import ClassVar, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from .base import MethodBase, check_temp, check_weight
+from ..checks import check_temp, check_weight
+from .base import MethodBase
 
 __all__ = ["CSKDMethod", "ClassWiseKDFields"]
 
 
 class ClassWiseKDFields(MethodBase):
-    "λ and T of a class-wise KD term (CS-KD and its stored-partner form), checked by the one rule of `methods.base`."
+    "λ and T of a class-wise KD term (CS-KD and its stored-partner form), checked by the one rule of `checks`."
     lam: float = Field(1.0, description="CS-KD weight λ (>= 0)")
     temp: float = Field(4.0, description="CS-KD temperature T (> 0)")
     class_partners: ClassVar[bool] = True   # every anchor gets a same-class partner (check classes, warn on singletons)

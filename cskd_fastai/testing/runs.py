@@ -26,7 +26,8 @@ from PIL import Image
 from torch import nn
 
 from ..distributed import free_port  # noqa: F401  (one implementation; re-exported for the server tests)
-from ..rundir import ENV, EXPORT, HISTORY, RECIPE, mark_done, save_hashed, save_logits, save_metrics, write_examples
+from ..rundir.examples import write_examples
+from ..rundir import ENV, EXPORT, HISTORY, RECIPE, mark_done, save_hashed, save_logits, save_metrics
 from .replicas import class_colour
 
 __all__ = ["make_tiny_run", "write_tiny_imagefolder", "tiny_cnn", "TINY_CLASSES", "free_port", "serve"]

@@ -4,8 +4,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .methods.base import safe_component
-from .safeio import save_atomic
+from ..checks import safe_component
+from ..safeio import save_atomic
+from .files import read_json
 
 __all__ = ["write_examples", "read_examples", "EXAMPLES"]
 
@@ -16,7 +17,7 @@ def write_examples(run_dir, items, labels, classes, n: int = 6, side: int = 256)
     """Up to `n` test images covering as many classes as possible, as PNG thumbnails (longest side `side`) in
     `run_dir/examples/` with examples.json (file, true class). The demo shows these and nothing else: it never
     follows a data root written in a file. An unreadable image is skipped."""
-    from .images import safe_image
+    from ..images import safe_image
     d = Path(run_dir) / EXAMPLES
     d.mkdir(exist_ok=True)
     seen: dict[int, int] = {}
@@ -38,7 +39,6 @@ def write_examples(run_dir, items, labels, classes, n: int = 6, side: int = 256)
 
 def read_examples(run_dir) -> list[tuple[Path, str]]:
     "`(png_path, true_class)` of a run's stored examples; only plain files inside `run_dir/examples/` are returned."
-    from .rundir import read_json   # one-line errors naming the file (rundir imports this module)
     d = Path(run_dir) / EXAMPLES
     f = d / "examples.json"
     if not f.is_file(): return []

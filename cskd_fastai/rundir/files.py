@@ -1,0 +1,110 @@
+"""A run directory's file names, and reading and writing its files so that a bad one is one line naming it: JSON
+and YAML readers, SHA-256 records (hashes.json) written with each pickle and checked before it is loaded."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ..safeio import save_atomic, sha256
+
+__all__ = ["RECIPE", "ENV", "HISTORY", "METRICS", "LOGITS", "EXPORT", "CHECKPOINT", "DONE", "HASHES", "LOCK", "PNGS",
+           "RunDirError", "RunLockedError", "read_json", "read_yaml", "record_hash", "save_hashed", "verify_hash",
+           "load_checkpoint"]
+
+RECIPE, ENV, HISTORY, METRICS, LOGITS, EXPORT, CHECKPOINT, DONE, HASHES, LOCK = (
+    "recipe.yaml", "env.json", "history.csv", "metrics.json", "logits.pt", "export.pkl", "checkpoint.pth", "DONE",
+    "hashes.json", ".lock")
+PNGS = ("reliability.png", "curves.png")
+
+
+class RunDirError(ValueError):
+    "A run directory is missing or incomplete (one-line message naming the file)."
+
+
+class RunLockedError(RunDirError):
+    "Another live process is writing this run directory."
+
+
+# ---- files that name themselves when they are unreadable ---------------------------------------------------
+def read_json(path) -> dict:
+    "A JSON file's content; a missing or corrupt file is one `RunDirError` line naming it."
+    path = Path(path)
+    try: return json.loads(path.read_text())
+    except FileNotFoundError: raise RunDirError(f"{path} is missing") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise RunDirError(f"{path} is corrupt ({e}); restore it from a copy or retrain the run") from None
+
+
+def read_yaml(path):
+    import yaml
+    path = Path(path)
+    try: return yaml.safe_load(path.read_text())
+    except FileNotFoundError: raise RunDirError(f"{path} is missing") from None
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        msg = " ".join(str(e).split())
+        raise RunDirError(f"{path} is corrupt ({msg}); restore it from a copy or retrain the run") from None
+
+
+# ---- integrity of the pickles ------------------------------------------------------------------------------
+def _hashes(run_dir: Path) -> dict:
+    f = run_dir / HASHES
+    return read_json(f) if f.exists() else {}
+
+
+def _write_hashes(run_dir: Path, table: dict) -> None:
+    save_atomic(lambda t: Path(t).write_text(json.dumps(table, indent=2)), run_dir / HASHES)
+
+
+def record_hash(run_dir, name: str) -> str:
+    "Record the SHA-256 of `run_dir/name`, as it is now, in hashes.json (rewritten atomically); returns the digest."
+    run_dir = Path(run_dir)
+    table = _hashes(run_dir)
+    table[name] = [sha256(run_dir / name)]
+    _write_hashes(run_dir, table)
+    return table[name][0]
+
+
+def save_hashed(write, run_dir, name: str) -> None:
+    """Write `run_dir/name` atomically through `write(tmp_path)` and record its SHA-256.
+
+    Crash-safe: the new digest is recorded next to the old one before the rename and alone after it, so whichever
+    file a kill leaves in place still verifies (a resumable checkpoint is never refused for our own crash)."""
+    run_dir = Path(run_dir)
+    digest = {}
+    def write_and_hash(tmp):
+        write(tmp)
+        digest["new"] = sha256(tmp)
+        table = _hashes(run_dir)
+        old = table.get(name, [])
+        _write_hashes(run_dir, {**table, name: [digest["new"], *([old] if isinstance(old, str) else old)]})
+    save_atomic(write_and_hash, run_dir / name)
+    _write_hashes(run_dir, {**_hashes(run_dir), name: [digest["new"]]})
+
+
+def verify_hash(run_dir, name: str) -> Path:
+    """`run_dir/name` if its SHA-256 matches the one recorded when it was written; one `RunDirError` line otherwise.
+
+    Unpickling runs code: a pickle is only ever loaded after this check."""
+    run_dir = Path(run_dir)
+    f = run_dir / name
+    if not f.exists(): raise RunDirError(f"run dir {run_dir}: missing {name}")
+    want = _hashes(run_dir).get(name)
+    if not want:
+        raise RunDirError(f"{f} has no recorded SHA-256 in {HASHES}, so it is not loaded (unpickling runs code); "
+                          f"retrain the run, or record it with `cskd-fastai trust {run_dir}` if you made the file yourself")
+    if sha256(f) not in ([want] if isinstance(want, str) else want):
+        raise RunDirError(f"{f} does not match the SHA-256 recorded when it was written (changed, truncated or "
+                          f"replaced since), so it is not loaded; restore the original or retrain the run")
+    return f
+
+
+def load_checkpoint(run_dir) -> dict:
+    "The run's checkpoint (model, optimizer, RNG states), after its hash is verified."
+    import torch
+    f = verify_hash(run_dir, CHECKPOINT)
+    try: return torch.load(f, map_location="cpu", weights_only=False)
+    except Exception as e:
+        raise RunDirError(f"cannot read {f} ({type(e).__name__}: {' '.join(str(e).split())[:200]}); "
+                          f"delete the run directory and retrain") from None
+
+
