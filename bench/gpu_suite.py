@@ -170,7 +170,7 @@ def kd_under_bf16(dry: bool) -> dict:
     "A few CS-KD steps under bf16 mixed precision; the callback's KD term vs float32 recomputed from the same logits."
     from fastai.callback.core import Callback
     from fastai.optimizer import SGD
-    import cskd_fastai.callback as C
+    import cskd_fastai.callbacks.cskd as C
     from cskd_fastai import class_wise_kd, cskd_learner
     from throughput import synthetic_data, synthetic_dls
     cuda = torch.cuda.is_available()

@@ -12,7 +12,7 @@ import warnings as _warnings
 _warnings.filterwarnings("ignore", message="`torch.jit.script` is deprecated", category=FutureWarning)
 
 _WHERE = {"PairedDL": "data", "paired_dls": "data", "dataset_labels": "data", "check_classes": "data",
-          "class_wise_kd": "losses", "ClassWiseKDLoss": "losses", "CSKD": "callback", "warmup_schedule": "callback",
+          "class_wise_kd": "losses", "CSKD": "callbacks", "warmup_schedule": "callbacks", "TeacherKD": "callbacks",
           "cskd_learner": "learner", "plain_learner": "learner", "CSKDLearner": "learner",
           "cskd_metrics": "metrics", "classification_metrics": "metrics", "PSKD": "callbacks", "TfKDLoss": "losses",
           "IndexedDL": "data", "ReleaseMemory": "callbacks", "StoredCSKD": "callbacks"}

@@ -14,7 +14,8 @@ partners). BatchNorm layers become `SyncBatchNorm` on CUDA, as fastai sets it (P
 kernel, so CPU/gloo runs keep per-rank BatchNorm, with rank 0's running statistics broadcast by DDP).
 
 Per-epoch validation metrics are gathered across ranks by `DistributedDL.to_detach` (and un-padded) before the
-metrics see them; CS-KD's per-epoch training statistics are summed across ranks by `ReduceCSKDStats`. Only rank 0
+metrics see them; every KD callback's per-epoch training statistics sum themselves across ranks
+(`callbacks.base.KDCallback`), and `SyncBuffers` gives every rank rank 0's BatchNorm statistics before validation. Only rank 0
 writes the run directory (history, checkpoints, final evaluation, export); the other ranks wait for it.
 
 On CPU the process group uses gloo: fastai's `DistributedDL._broadcast` moves the index list to CUDA (NCCL only
@@ -37,10 +38,8 @@ from fastai.distributed import DistributedDL
 from fastai.torch_core import num_distrib, rank_distrib
 from torch import nn
 
-from .callback import CSKD
-
 __all__ = ["world_size", "rank", "is_main", "is_distributed", "init_distributed", "barrier", "local_only", "local_device",
-           "patch_broadcast", "ReduceCSKDStats", "distrib_ctx", "unwrap", "revert_sync_batchnorm", "launch_command",
+           "patch_broadcast", "SyncBuffers", "distrib_ctx", "unwrap", "revert_sync_batchnorm", "launch_command",
            "free_port", "LAUNCHER_ENV"]
 
 # Environment variables a launcher (torchrun, accelerate launch) sets in every process it starts
@@ -114,20 +113,11 @@ def local_only():
 
 
 # ---- metrics across ranks -----------------------------------------------------------------------------
-class ReduceCSKDStats(Callback):
-    """Keep what is logged identical to a single-process run of the same model, across ranks:
-
-    * after training: sum `CSKD`'s per-epoch statistics over ranks, so the logged means are those of all anchors;
-    * before validation: give every rank rank 0's buffers (BatchNorm running statistics). Without SyncBatchNorm
-      (CPU) each rank's last no_grad forwards updated its own copy; rank 0's is the model that is saved, and the
-      gathered validation metrics must be that model's."""
-    order = CSKD.order + 1
+class SyncBuffers(Callback):
+    """Before validation, give every rank rank 0's buffers (BatchNorm running statistics). Without SyncBatchNorm
+    (CPU) each rank's last no_grad forwards updated its own copy; rank 0's is the model that is saved, and the
+    gathered validation metrics must be that model's. (The KD callbacks' training statistics reduce themselves.)"""
     def _on(self) -> bool: return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
-
-    def after_train(self):
-        if not self._on(): return
-        for cb in self.learn.cbs:
-            if isinstance(cb, CSKD) and cb._sums is not None: dist.all_reduce(cb._sums, op=dist.ReduceOp.SUM)
 
     def before_validate(self):
         if not self._on(): return
@@ -176,12 +166,12 @@ def distrib_ctx(learn, sync_bn: Optional[bool] = None):
     if sync_bn is None: sync_bn = cuda
     types = _bn_types(learn.model)
     kw = {} if cuda else dict(cpu=True)   # accelerate only sets up MULTI_CPU (DDP over gloo) when told cpu=True
-    reducer = ReduceCSKDStats()
-    learn.add_cb(reducer)
+    sync = SyncBuffers()
+    learn.add_cb(sync)
     try:
         with learn.distrib_ctx(sync_bn=sync_bn, **kw): yield learn
     finally:
-        learn.remove_cb(reducer)
+        learn.remove_cb(sync)
         learn.model = revert_sync_batchnorm(unwrap(learn.model), types)
 
 

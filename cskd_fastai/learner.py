@@ -20,12 +20,12 @@ from fastai.vision.learner import vision_learner
 from fastcore.meta import delegates
 from torch import nn
 
-from .callback import CSKD, VARIANTS, LamSchedule
+from .callbacks.cskd import CSKD, VARIANTS, LamSchedule
 from .callbacks.pskd import PSKD
 from .callbacks.stored_cskd import StoredCSKD
 from .data import check_classes, paired_dls
 from .progress import quiet_fill_check
-from .teacher import TeacherKD
+from .callbacks.teacher import TeacherKD
 
 quiet_fill_check()   # no stray '█' from fastprogress in logs and terminals
 

@@ -27,7 +27,7 @@ from fastai.torch_core import TensorImage
 from fastai.vision.augment import RandomResizedCrop, RandTransform, Resize
 from torch import nn
 
-from .callback import CSKD
+from .callbacks.cskd import CSKD
 
 __all__ = ["ChannelsLast", "channels_last", "compile_model", "is_compiled", "BatchFlip", "BatchPadCrop",
            "BatchResizedCropFlip", "SquashResize", "device_aug_tfms", "loader_kwargs", "apply_speed_options"]

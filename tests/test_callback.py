@@ -199,7 +199,7 @@ class CPUMixedPrecision(Callback):
 
 def test_kd_term_is_float32_under_bf16_autocast(dls, monkeypatch):
     "The KD term on bf16 logits (the MixedPrecision path) must be computed in float32, not in bf16."
-    import cskd_fastai.callback as C
+    import cskd_fastai.callbacks.cskd as C
     seen = []
     def recording_kd(a, p, T):
         kd = class_wise_kd(a, p, T)

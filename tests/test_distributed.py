@@ -31,7 +31,7 @@ WORKER = textwrap.dedent('''
     import torch
     import cskd_fastai.train as T
     from fastai.callback.core import Callback
-    from cskd_fastai.callback import CSKD
+    from cskd_fastai.callbacks.cskd import CSKD
     from fastai.vision.core import imagenet_stats
 
     rank, rec_dir = int(os.environ["RANK"]), sys.argv[1]
@@ -40,7 +40,7 @@ WORKER = textwrap.dedent('''
     class Record(Callback):
         "Anchor/partner item ids and labels of every training batch, read from the pixels before CSKD splits them."
         order = CSKD.order - 1
-        def __init__(self): self.batches, self.store = [], None
+        def __init__(self): self.batches, self.store, self.stats = [], None, {}
         def before_batch(self):
             if not self.training or not hasattr(self.learn, "cskd"): return   # the paired (CS-KD) run only
             px = ((self.xb[0][:, :, 0, 0].float().cpu() * STD[:, 0, 0] + MEAN[:, 0, 0]) * 255).round().long()
@@ -48,6 +48,11 @@ WORKER = textwrap.dedent('''
             ids, cls = px[:, 0].tolist(), (px[:, 1] // 60).tolist()
             self.batches.append(dict(anchors=ids[:b], partners=ids[b:], y_anchor=y[:b], y_partner=y[b:],
                                      pix_cls_anchor=cls[:b], pix_cls_partner=cls[b:]))
+        def after_epoch(self):   # each KD callback's logged training statistics, after any reduction
+            for name in ("cskd", "stored_cskd"):
+                cb = getattr(self.learn, name, None)
+                if cb is not None and cb._sums is not None:   # get_preds runs after_epoch too
+                    self.stats[name] = dict(cb.epoch_stats(), n_anchors=float(cb._sums[-1]))
         def after_fit(self):   # the cskd_stored run: its per-sample store as this rank ends it
             cb = getattr(self.learn, "stored_cskd", None)
             if cb is not None: self.store = dict(seen=cb.seen.tolist(), store=cb.store.tolist())
@@ -60,7 +65,7 @@ WORKER = textwrap.dedent('''
 
     from cskd_fastai.cli import app
     app(sys.argv[4:], standalone_mode=False)
-    json.dump(dict(rank=rank, world=int(os.environ["WORLD_SIZE"]), batches=rec.batches, store=rec.store),
+    json.dump(dict(rank=rank, world=int(os.environ["WORLD_SIZE"]), batches=rec.batches, store=rec.store, stats=rec.stats),
               open(os.path.join(rec_dir, f"rank{rank}.json"), "w"))
 
     # fastai's gather in DistributedDL.to_detach for get_preds: both ranks predict their slice of the test set
@@ -164,6 +169,19 @@ def test_per_sample_stores_are_shared_by_all_ranks(ddp_run):
     assert sum(a["seen"]) == sum(b["seen"]) == 14 and a["seen"] == b["seen"]    # 7 per rank; alone, each knew 7
     assert np.allclose(a["store"], b["store"])
     assert (ddp_run["base"] / "runs" / "ddp" / "cskd-lam1-T4-stored-gated" / "seed0" / "DONE").exists()
+
+
+def test_kd_statistics_cover_every_rank(ddp_run):
+    """Every KD callback's logged training statistics are means over all ranks' anchors (14 = the train split), the
+    same on every rank: StoredCSKD's were rank 0's alone before they reduced themselves (KDCallback)."""
+    a, b = (r["stats"] for r in ddp_run["ranks"])
+    assert set(a) == set(b) == {"cskd", "stored_cskd"}
+    for name in a:
+        assert a[name]["n_anchors"] == b[name]["n_anchors"] == 14, name
+        for k, v in a[name].items(): assert b[name][k] == pytest.approx(v, rel=1e-6), (name, k)
+    import pandas as pd
+    h = pd.read_csv(ddp_run["base"] / "runs" / "ddp" / "cskd-lam1-T4-stored-gated" / "seed0" / "history.csv").iloc[-1]
+    for k in ("train_ce", "train_kd", "partner_seen"): assert h[k] == pytest.approx(a["stored_cskd"][k], rel=1e-5), k
 
 
 def test_get_preds_gathers_all_ranks(ddp_run):

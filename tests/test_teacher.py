@@ -9,7 +9,7 @@ from fastai.optimizer import SGD
 from torch import nn
 
 from cskd_fastai import CSKD, cskd_learner
-from cskd_fastai.teacher import TeacherKD
+from cskd_fastai.callbacks.teacher import TeacherKD
 from conftest import write_folder, make_dls
 from test_callback import TinyNet, np_kd, np_log_softmax, ToDouble
 

@@ -17,44 +17,35 @@ Under multi-process training every rank's store receives every rank's prediction
 from __future__ import annotations
 
 import torch
-from fastai.callback.core import Callback
-from fastai.callback.mixup import CutMix, MixUp
 
-from ..callback import add_stat_metrics, remove_stat_metrics
-from ..data import ClassIndex, dataset_labels
-from ..losses import informativeness
-from ..losses.softened_kl import softened_kl_per_sample
 from ..checks import check_flag, check_temp, check_weight
+from ..data import ClassIndex, dataset_labels
+from ..losses import informativeness, softened_entropy
+from ..losses.softened_kl import softened_kl_per_sample
+from .base import KDCallback
 from .sample_store import SampleStoreMixin, check_store_dtype
 
 __all__ = ["StoredCSKD"]
 
-_STATS = ("train_ce", "train_kd", "partner_seen", "partner_entropy")
-
-
-class StoredCSKD(SampleStoreMixin, Callback):
+class StoredCSKD(SampleStoreMixin, KDCallback):
     "CS-KD whose same-class partners' logits come from a per-sample store of the last prediction, not a forward pass."
-    order, run_valid = min(MixUp.order, CutMix.order) - 1, False
+    stat_names = ("train_ce", "train_kd", "partner_seen", "partner_entropy")
+    n_sums = 5   # sums of CE, KD, partners with a stored prediction, their entropy at T; then the count
 
     def __init__(self, lam: float = 1.0, temp: float = 4.0, gated: bool = True,
                  store_dtype: torch.dtype = torch.float32, log_stats: bool = True):
         self.lam, self.temp = check_weight(lam, "lam"), check_temp(temp)
         self.gated, self.store_dtype, self.log_stats = check_flag(gated, "gated"), check_store_dtype(store_dtype), log_stats
-        self._restore, self._sums = None, None
+        self._restore = None
 
     # ---- fit-level events -------------------------------------------------------------------------
-    def before_fit(self):
+    def prepare_fit(self):
         self._restore = self._index_loaders()
         self.cidx = ClassIndex(dataset_labels(self.learn.dls.train_ds))
         self._ensure_store()
-        if self.log_stats: add_stat_metrics(self.learn, self._stat, _STATS)
-        else: remove_stat_metrics(self.learn)
 
-    def after_fit(self):
-        remove_stat_metrics(self.learn)
+    def restore_fit(self):
         if self._restore is not None: self.learn.dls, self._restore = self._restore, None
-
-    def before_train(self): self._sums = None
 
     # ---- batch-level events (training only) -------------------------------------------------------
     def before_batch(self):
@@ -69,9 +60,7 @@ class StoredCSKD(SampleStoreMixin, Callback):
         w = self.partner_seen.to(self.pred.device).float()          # an unseen partner has no prediction yet
         if self.gated: w = w * informativeness(p, self.temp)
         kd = (w * softened_kl_per_sample(self.pred, p, self.temp)).mean()
-        ce = self.learn.loss.detach()
-        self.learn.loss_grad = self.learn.loss_grad + self.lam * kd   # what is backpropagated
-        self.learn.loss = ce + self.lam * kd.detach()                 # what Recorder logs
+        ce = self.add_kd(kd, self.lam)
         self.write_store(self.idx, self.pred)   # this batch's predictions become the store's entries for its samples
         if self.log_stats: self._accumulate(ce, kd.detach(), p)
 
@@ -81,16 +70,12 @@ class StoredCSKD(SampleStoreMixin, Callback):
     @torch.no_grad()
     def _accumulate(self, ce, kd, p):
         b = p.shape[0]
-        pt = torch.softmax(p / self.temp, -1)
         seen = self.partner_seen.to(p.device)
-        ent = (-(pt * pt.clamp_min(1e-12).log()).sum(-1) * seen).sum()
-        row = torch.stack([ce.float() * b, kd.float() * b, seen.float().sum(), ent, torch.tensor(float(b), device=p.device)])
-        self._sums = row if self._sums is None else self._sums + row
+        ent = (softened_entropy(p, self.temp) * seen).sum()
+        self.accumulate(torch.stack([ce.float() * b, kd.float() * b, seen.float().sum(), ent,
+                                     torch.tensor(float(b), device=p.device)]))
 
-    def _stat(self, key: str): return self.epoch_stats().get(key)
-
-    def epoch_stats(self) -> dict:
+    def summarize(self, s: list) -> dict:
         "Means over this epoch's anchors: CE, KD, fraction of partners with a stored prediction, their entropy at T."
-        if self._sums is None: return {}
-        s = self._sums.tolist(); n = max(s[4], 1.0)
+        n = max(s[4], 1.0)
         return dict(train_ce=s[0] / n, train_kd=s[1] / n, partner_seen=s[2] / n, partner_entropy=s[3] / max(s[2], 1.0))

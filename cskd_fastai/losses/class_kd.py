@@ -6,24 +6,14 @@ L_cls = T^2 * KL( softmax(partner / T) || softmax(anchor / T) ), averaged over a
 """
 from __future__ import annotations
 
-from torch import Tensor, nn
+from torch import Tensor
 
 from .softened_kl import softened_kl
 
-__all__ = ["class_wise_kd", "ClassWiseKDLoss"]
+__all__ = ["class_wise_kd"]
 
 
 def class_wise_kd(anchor_logits: Tensor, partner_logits: Tensor, temp: float = 4.0) -> Tensor:
     "Batch-mean T²·KL(softmax(partner/T) ‖ softmax(anchor/T)), float32, partner detached."
     return softened_kl(anchor_logits, partner_logits, temp)
 
-
-class ClassWiseKDLoss(nn.Module):
-    "Module form of `class_wise_kd`."
-    def __init__(self, temp: float = 4.0):
-        super().__init__()
-        if not temp > 0: raise ValueError(f"temp must be > 0, got {temp}")
-        self.temp = temp
-
-    def forward(self, anchor_logits: Tensor, partner_logits: Tensor) -> Tensor:
-        return class_wise_kd(anchor_logits, partner_logits, self.temp)

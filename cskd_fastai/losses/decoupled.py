@@ -18,7 +18,7 @@ from torch import Tensor
 
 from .precision import at_least_float32
 
-__all__ = ["tckd_nckd", "decoupled_kd", "informativeness"]
+__all__ = ["tckd_nckd", "decoupled_kd"]
 
 
 def tckd_nckd(student_logits: Tensor, target_logits: Tensor, labels: Tensor, temp: float) -> tuple[Tensor, Tensor, Tensor]:
@@ -45,10 +45,3 @@ def decoupled_kd(student_logits: Tensor, target_logits: Tensor, labels: Tensor, 
     "Batch-mean T²·(tckd_weight·TCKD + nckd_weight·NCKD); weights (1, 1 - p_t[y] per sample) give back plain KD."
     tckd, nckd, _ = tckd_nckd(student_logits, target_logits, labels, temp)
     return (tckd_weight * tckd + nckd_weight * nckd).mean() * temp ** 2
-
-
-def informativeness(target_logits: Tensor, temp: float) -> Tensor:
-    "Per-sample 1 - H(softmax(target/T)) / log C in [0, 1]: 0 for a uniform target, 1 for a one-hot one."
-    lp = F.log_softmax(at_least_float32(target_logits.detach()) / temp, -1)
-    h = -(lp.exp() * lp).sum(-1)
-    return (1 - h / torch.log(torch.tensor(float(lp.shape[-1]), dtype=lp.dtype, device=lp.device))).clamp(0, 1)

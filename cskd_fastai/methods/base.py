@@ -73,7 +73,7 @@ class MethodBase(Strict):
     def callbacks(self, n_epochs: int) -> list:
         "This method's callbacks, then MixUp/CutMix and teacher KD when asked for."
         from fastai.callback.mixup import CutMix, MixUp
-        from ..teacher import TeacherKD
+        from ..callbacks.teacher import TeacherKD
         if self.mix and not self.mixable:
             raise ValueError(f"method {self.name} does not compose with {self.mix}")   # type: ignore[attr-defined]
         cbs = list(self.method_callbacks(n_epochs))

@@ -48,6 +48,6 @@ class CSKDMethod(ClassWiseKDFields):
                     **({"tckd_weight": self.tckd_weight, "nckd_weight": self.nckd_weight} if self.variant == "decoupled" else {}))
 
     def method_callbacks(self, n_epochs: int) -> list:
-        from ..callback import CSKD
+        from ..callbacks.cskd import CSKD
         return [CSKD(lam=self.lam, temp=self.temp, lam_warmup=self.lam_warmup, variant=self.variant,
                      tckd_weight=self.tckd_weight, nckd_weight=self.nckd_weight)]

@@ -4,27 +4,21 @@ Yun, Park, Lee, Shin, "Regularizing Class-wise Predictions via Self-knowledge Di
 """
 from __future__ import annotations
 
-from functools import partial
 from typing import Callable, Union
 
 import torch
 import torch.nn.functional as F
-from fastai.callback.core import Callback
-from fastai.callback.mixup import MixUp, CutMix
-from fastai.learner import ValueMetric
 from fastai.torch_core import find_bs
 
-from .data import PairedDL, paired_dls
-from .checks import check_fraction, check_temp, check_weight
-from .losses import class_wise_kd, decoupled_kd, informativeness
-from .losses.softened_kl import softened_kl_per_sample
+from ..checks import check_fraction, check_temp, check_weight
+from ..data import PairedDL, paired_dls
+from ..losses import class_wise_kd, decoupled_kd, informativeness, softened_entropy
+from ..losses.softened_kl import softened_kl_per_sample
+from .base import KDCallback
 
-__all__ = ["CSKD", "LamSchedule", "warmup_schedule", "add_stat_metrics", "remove_stat_metrics"]
+__all__ = ["CSKD", "LamSchedule", "warmup_schedule", "VARIANTS"]
 
 LamSchedule = Union[float, Callable[[float], float]]
-
-# Per-epoch training statistics, in this order, logged as recorder/CSV columns
-_STATS = ("train_ce", "train_kd", "cskd_lam", "partner_conf", "partner_entropy", "anchor_conf")
 
 
 def _check_lam(lam) -> None:
@@ -44,24 +38,10 @@ def warmup_schedule(lam: float, warmup: float) -> Callable[[float], float]:
     return _sched
 
 
-def remove_stat_metrics(learn) -> None:
-    "Drop the training-statistics metrics a class-wise KD callback added (flagged `cskd_stat`)."
-    learn.metrics = [m for m in learn.metrics if not getattr(m, "cskd_stat", False)]
-
-
-def add_stat_metrics(learn, stat: Callable[[str], object], keys) -> None:
-    """Log `stat(key)` for each key as a fastai `ValueMetric` (Recorder, CSVLogger and progress bars show it),
-    replacing any left by an earlier fit; `remove_stat_metrics` takes them out again."""
-    remove_stat_metrics(learn)
-    mets = [ValueMetric(partial(stat, k), k) for k in keys]
-    for m in mets: m.cskd_stat = True
-    learn.metrics = list(learn.metrics) + mets
-
-
 VARIANTS = ("published", "decoupled", "gated", "in_batch")
 
 
-class CSKD(Callback):
+class CSKD(KDCallback):
     """Class-wise self-knowledge distillation: CE on anchors + λ·T²·KL(partner ‖ anchor), partners under no_grad.
 
     `variant` (the published loss by default; the others are this project's, measured in docs/results.md):
@@ -70,7 +50,9 @@ class CSKD(Callback):
     * 'gated': each anchor's KD term times the partner's informativeness 1 - H(p_partner^T)/log C.
     * 'in_batch': no separate partner pass: one forward over the 2B paired images, CE on all of them, and the
       KD term between the two members of each pair in both directions, the target side detached."""
-    order, run_valid = min(MixUp.order, CutMix.order) - 1, False  # split the batch before MixUp/CutMix mix it
+    # KDCallback.order: split the batch before MixUp/CutMix mix it
+    stat_names = ("train_ce", "train_kd", "cskd_lam", "partner_conf", "partner_entropy", "anchor_conf")
+    n_sums = 6   # sums of CE, KD, partner confidence, partner entropy at T, anchor confidence; then the count
 
     def __init__(self, lam: LamSchedule = 1.0, temp: float = 4.0, lam_warmup: float = 0.0, log_stats: bool = True,
                  variant: str = "published", tckd_weight: float = 0.0, nckd_weight: float = 1.0):
@@ -82,7 +64,7 @@ class CSKD(Callback):
         check_weight(tckd_weight, "tckd_weight"); check_weight(nckd_weight, "nckd_weight")
         self.lam, self.temp, self.lam_warmup, self.log_stats = lam, float(temp), float(lam_warmup), log_stats
         self.variant, self.tckd_weight, self.nckd_weight = variant, float(tckd_weight), float(nckd_weight)
-        self._restore_dls, self._sums = None, None
+        self._restore_dls, self._lam = None, None
 
     # ---- λ schedule -------------------------------------------------------------------------------
     def lam_at(self, pct_train: float) -> float:
@@ -92,19 +74,13 @@ class CSKD(Callback):
         return lam
 
     # ---- fit-level events -------------------------------------------------------------------------
-    def before_fit(self):
+    def prepare_fit(self):
         if not isinstance(self.dls.train, PairedDL):  # a plain learner: pair its training loader for this fit
             self._restore_dls, self.learn.dls = self.dls, paired_dls(self.dls)
         self._first_batch = True
-        if self.log_stats: add_stat_metrics(self.learn, self._stat, _STATS)
-        else: remove_stat_metrics(self.learn)
 
-    def after_fit(self):
-        # leave the learner as we found it: no training-only metrics or loaders in `learn`, exports stay plain
-        remove_stat_metrics(self.learn)
+    def restore_fit(self):   # leave the learner as we found it: no paired loaders in `learn`, exports stay plain
         if self._restore_dls is not None: self.learn.dls, self._restore_dls = self._restore_dls, None
-
-    def before_train(self): self._sums = None
 
     # ---- batch-level events (training only) -------------------------------------------------------
     def before_batch(self):
@@ -144,9 +120,7 @@ class CSKD(Callback):
     def after_loss(self):
         lam = self.lam_at(self.pct_train)
         kd = self._kd()
-        ce = self.learn.loss.detach()
-        self.learn.loss_grad = self.learn.loss_grad + lam * kd   # what is backpropagated
-        self.learn.loss = ce + lam * kd.detach()                 # what Recorder logs
+        ce = self.add_kd(kd, lam)
         if self.log_stats: self._accumulate(ce, kd.detach(), lam)
 
     def after_batch(self): self.partner_xb = self.partner_pred = None  # free memory before the next batch
@@ -157,18 +131,13 @@ class CSKD(Callback):
         b = self.partner_pred.shape[0]
         pp = F.softmax(self.partner_pred.float(), -1)
         pa = F.softmax(self.pred.detach()[:b].float(), -1)
-        pt = F.softmax(self.partner_pred.float() / self.temp, -1)
-        ent = -(pt * pt.clamp_min(1e-12).log()).sum(-1)
-        row = torch.stack([ce.float() * b, kd.float() * b, pp.max(-1)[0].sum(), ent.sum(), pa.max(-1)[0].sum(),
-                           torch.tensor(float(b), device=ce.device)])
-        self._sums = row if self._sums is None else self._sums + row  # stays on device: one sync per epoch
+        ent = softened_entropy(self.partner_pred, self.temp)
+        self.accumulate(torch.stack([ce.float() * b, kd.float() * b, pp.max(-1)[0].sum(), ent.sum(),
+                                     pa.max(-1)[0].sum(), torch.tensor(float(b), device=ce.device)]))
         self._lam = lam
 
-    def _stat(self, key: str): return self.epoch_stats().get(key)
-
-    def epoch_stats(self) -> dict:
+    def summarize(self, s: list) -> dict:
         "Means over this epoch's training anchors: CE, KD, λ, partner confidence and entropy (at T), anchor confidence."
-        if self._sums is None: return {}
-        s = self._sums.tolist(); n = max(s[5], 1.0)
+        n = max(s[5], 1.0)
         return dict(train_ce=s[0] / n, train_kd=s[1] / n, cskd_lam=self._lam, partner_conf=s[2] / n,
                     partner_entropy=s[3] / n, anchor_conf=s[4] / n)

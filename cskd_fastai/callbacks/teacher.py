@@ -2,24 +2,24 @@
 from __future__ import annotations
 
 import torch
-from fastai.callback.core import Callback
 from fastai.callback.mixup import MixUp
 
-from .checks import check_temp, check_weight
-from .losses import teacher_kd
+from ..checks import check_temp, check_weight
+from ..losses import teacher_kd
+from .base import KDCallback
 
 __all__ = ["TeacherKD"]
 
 
-class TeacherKD(Callback):
+class TeacherKD(KDCallback):
     "Adds weight·T²·KL(teacher ‖ student) on the anchors; the teacher runs in eval mode under no_grad."
-    order, run_valid = MixUp.order + 1, False   # after CSKD's split and MixUp: the teacher sees the student's input
+    order = MixUp.order + 1   # after CSKD's split and MixUp: the teacher sees the student's input
 
     def __init__(self, teacher: torch.nn.Module, teacher_classes=None, weight: float = 1.0, temp: float = 4.0):
         check_temp(temp); check_weight(weight, "teacher weight")
         self.teacher, self.teacher_classes, self.weight, self.temp = teacher.eval(), teacher_classes, weight, temp
 
-    def before_fit(self):
+    def prepare_fit(self):
         vocab = getattr(self.dls, "vocab", None)
         if self.teacher_classes is not None and vocab is not None and list(map(str, vocab)) != list(map(str, self.teacher_classes)):
             diff = sorted(set(map(str, vocab)) ^ set(map(str, self.teacher_classes)))[:3]
@@ -32,14 +32,12 @@ class TeacherKD(Callback):
         with torch.no_grad(): self.teacher_pred = self.teacher(*self.xb)
 
     def after_loss(self):
-        kd = teacher_kd(self.pred, self.teacher_pred, self.temp)
-        self.learn.loss_grad = self.learn.loss_grad + self.weight * kd
-        self.learn.loss = self.learn.loss + self.weight * kd.detach()
+        self.add_kd(teacher_kd(self.pred, self.teacher_pred, self.temp), self.weight)
         self.teacher_pred = None
 
     @classmethod
     def from_run(cls, run_dir, **kwargs) -> "TeacherKD":
         "A teacher from a finished run directory (its exported learner)."
-        from .rundir import load_run_learner
+        from ..rundir import load_run_learner
         learn = load_run_learner(run_dir)
         return cls(learn.model, teacher_classes=list(learn.dls.vocab), **kwargs)
