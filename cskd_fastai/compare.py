@@ -25,15 +25,28 @@ EXPLAIN = ("Errors in %; ± is the sample std over seeds (no ± with one seed). 
            "validation split has too few errors to support a fit.")
 
 
+# How far a number in metrics.json may sit from the same number recomputed from logits.pt (float32 sums in
+# another order); anything further means one of the two files was changed after `train` wrote them.
+AGREE_TOL = 1e-4
+
+
+def check_agrees(p: Path, split: str, stored: dict, recomputed: dict) -> None:
+    "One `RunDirError` line naming the run and the metric when metrics.json disagrees with the stored logits."
+    for k, v in recomputed.items():
+        if k in stored and not (isinstance(stored[k], (int, float)) and abs(float(stored[k]) - v) <= AGREE_TOL):
+            raise RunDirError(f"run dir {p}: metrics.json says {split} {k} = {stored[k]!r} but its logits.pt gives "
+                              f"{v:.6g}; one of the two was changed after training: restore the run or retrain it")
+
+
 def _scores(p: Path, split: str, metrics: dict) -> dict:
-    "The table's numbers for one run: stored metrics, plus what only the logits give (eq-mass, class-wise, @T)."
+    """The table's numbers for one run, every one from its stored logits (metrics.json must agree with them: a
+    changed file is refused, never shown beside numbers from the other), plus the temperature-scaled ones."""
     from .calibration import fit_temperature_checked
-    from .metrics.functional import adaptive_calibration_error, calibration_error, classwise_calibration_error, nll
+    from .metrics.functional import calibration_error, classification_metrics, nll
     from .rundir import load_logits
-    out = {k: metrics[k] for k in METRIC_COLUMNS if k in metrics}
     z, y, _ = load_logits(p, split)
-    if "ece_adaptive" not in out: out["ece_adaptive"] = float(adaptive_calibration_error(z, y))
-    if "ece_classwise" not in out: out["ece_classwise"] = float(classwise_calibration_error(z, y))
+    out = classification_metrics(z, y)
+    check_agrees(p, split, metrics, out)
     vz, vy, _ = load_logits(p, "valid")
     T = fit_temperature_checked(vz, vy).T
     out.update(ece_ts=float(calibration_error(z / T, y)), nll_ts=float(nll(z / T, y)), T=T)

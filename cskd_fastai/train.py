@@ -7,10 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
-import platform
 import shutil
-import subprocess
 import sys
 import time
 from functools import partial
@@ -25,7 +22,6 @@ from fastai.torch_core import set_seed
 
 from . import distributed as D
 from . import rundir as R
-from .rundir.examples import write_examples
 from .cache import ImageCache
 from .callbacks.memory import ReleaseMemory
 from .callbacks.training import (DivergenceGuard, EpochCheckpoint, EpochLineLogger, HistoryCSV, PaperSchedule,  # noqa: F401
@@ -33,9 +29,11 @@ from .callbacks.training import (DivergenceGuard, EpochCheckpoint, EpochLineLogg
 from .data import check_classes, dataset_labels
 from .datasets import ImageDataset
 from .datasets.prepare import build_dls, image_cache, load_data, stratified_split, subsample_per_class
+from .finish import environment, finish_run
+from .fingerprint import ResumeMismatch, fingerprint_changes, recipe_keys, run_fingerprint
 from .learner import plain_learner
-from .metrics import classification_metrics, cskd_metrics
-from .recipe import Recipe
+from .metrics import cskd_metrics
+from .recipe import Recipe, recipe_of_run
 from .speed import apply_speed_options
 
 __all__ = ["stratified_split", "load_data", "subsample_per_class", "build_dls", "build_learner", "train_run", "train_recipe", "plan_runs", "run_dir_for", "RunExistsError"]
@@ -72,54 +70,19 @@ def build_learner(recipe: Recipe, dls, path: Path):
 
 
 # ---- one run ------------------------------------------------------------------------------------------
-def _environment() -> dict:
-    import fastai, torchvision
-    from . import __version__
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10,
-                                cwd=Path(__file__).parent).stdout.strip() or None
-    except Exception: commit = None
-    dev = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"cpu ({os.cpu_count()} cores)"
-    return dict(cskd_fastai=__version__, torch=torch.__version__, torchvision=torchvision.__version__,
-                fastai=fastai.__version__, python=platform.python_version(), platform=platform.platform(),
-                device=dev, git_commit=commit, argv=sys.argv, torch_threads=torch.get_num_threads(),
-                world_size=D.world_size())
-
-
 def run_dir_for(recipe: Recipe, out: Path) -> Path:
     return Path(out) / recipe.name / recipe.method.run_label / f"seed{recipe.seed}"
 
 
-def _final_eval(learn, data: ImageDataset) -> tuple[dict, dict]:
-    "Metrics and (logits, labels) of the valid and test splits, columns in the dataset's class order."
-    from fastcore.basics import noop
-    vocab = [str(v) for v in learn.dls.vocab]
-    if vocab != [str(c) for c in data.classes]:   # build_dls keeps the loader's order; anything else is a bug
-        raise RuntimeError(f"the learner's vocabulary is not the dataset's class order ({vocab[:3]} vs {data.classes[:3]})")
-    metrics, splits = {}, {}
-    for name, idx in (("valid", 1), ("test", 2)):
-        preds, targs = learn.get_preds(ds_idx=idx, act=noop)
-        metrics[name] = classification_metrics(preds, targs)
-        splits[name] = (preds.float().cpu(), targs.long().cpu())
-    return metrics, splits
-
-
-def _plots(run_dir: Path, test: tuple, title: str) -> None:
-    import matplotlib; matplotlib.use("Agg")
-    import pandas as pd
-    from matplotlib.figure import Figure
-    from .calibration import reliability_diagram
-    ax = reliability_diagram(*test, title=f"{title} (test)")
-    ax.figure.savefig(run_dir / "reliability.png", dpi=110, bbox_inches="tight")
-    hist = pd.read_csv(run_dir / R.HISTORY)
-    fig = Figure(figsize=(10, 3.6)); a1, a2 = fig.subplots(1, 2)
-    for col in ("train_loss", "valid_loss", "train_ce", "train_kd"):
-        if col in hist: a1.plot(hist["epoch"] + 1, hist[col], label=col)
-    a1.set_xlabel("epoch"); a1.set_title("losses"); a1.legend()
-    for col in ("top1_err", "ece"):
-        if col in hist: a2.plot(hist["epoch"] + 1, hist[col], label=f"valid {col}")
-    a2.set_xlabel("epoch"); a2.set_title("validation"); a2.legend()
-    fig.savefig(run_dir / "curves.png", dpi=110, bbox_inches="tight")
+def _check_resume(run_dir: Path, state: dict, now: dict) -> None:
+    """Refuse, in one line, to resume a checkpoint under a recipe or split that changes the result (a checkpoint
+    written before fingerprints existed is compared with the run's recipe.yaml: the recipe keys alone)."""
+    saved = state.get("fingerprint") or dict(recipe=recipe_keys(recipe_of_run(R.read_yaml(run_dir / R.RECIPE))))
+    changes = fingerprint_changes(saved, now)
+    if changes:
+        raise ResumeMismatch(f"cannot resume {run_dir}: its checkpoint was trained with another recipe or data "
+                             f"({'; '.join(changes)}); resume with the recipe and data it started with, or train into a "
+                             f"fresh --out")
 
 
 def _remove_run_dir(run_dir: Path) -> None:
@@ -174,8 +137,11 @@ def _train_locked(recipe: Recipe, run_dir: Path, data: ImageDataset, resume: boo
         run_dir.mkdir(parents=True, exist_ok=True)
         if not resuming:
             (run_dir / R.RECIPE).write_text(recipe.to_yaml())
-            (run_dir / R.ENV).write_text(json.dumps(_environment(), indent=2))
+            (run_dir / R.ENV).write_text(json.dumps(environment(), indent=2))
     D.barrier()   # every rank has decided `resuming` before anything else is written
+    fingerprint = run_fingerprint(recipe, data)
+    state = R.load_checkpoint(run_dir) if resuming else {}   # its SHA-256 is checked first: it is a pickle
+    if resuming: _check_resume(run_dir, state, fingerprint)
     set_seed(recipe.seed)
     dls = build_dls(recipe, data, recipe.seed, paired=meth.paired, indexed=meth.needs_ids,
                     device=D.local_device() if D.is_distributed() else None, cache=cache)
@@ -190,9 +156,8 @@ def _train_locked(recipe: Recipe, run_dir: Path, data: ImageDataset, resume: boo
     if not progress:  # one plain line per epoch (logs, CI, pipes) instead of progress bars
         learn.remove_cb(ProgressCallback)
         learn.logger = EpochLineLogger(learn, tc.epochs, log)
-    start_epoch, best, state = 0, None, {}
+    start_epoch, best = 0, None
     if resuming:
-        state = R.load_checkpoint(run_dir)   # its SHA-256 is checked first: it is a pickle
         learn.model.load_state_dict(state["model"]); learn.create_opt(); learn.opt.load_state_dict(state["opt"])
         start_epoch, best = state["epoch"] + 1, state["best"]
         set_rng_state(learn, state["rng"])  # rank 0's states (the checkpoint's); other ranks draw their own below
@@ -202,7 +167,7 @@ def _train_locked(recipe: Recipe, run_dir: Path, data: ImageDataset, resume: boo
         log(f"resuming {run_dir} at epoch {start_epoch + 1}/{tc.epochs}")
     learn._start_epoch = start_epoch
     guard = DivergenceGuard(tc.lr)
-    ckpt_cb = EpochCheckpoint(run_dir, tc.select, best, state)
+    ckpt_cb = EpochCheckpoint(run_dir, tc.select, best, state, fingerprint)
     cbs = [guard, HistoryCSV(run_dir / R.HISTORY, start_epoch), ckpt_cb] if main else [guard]
     # glibc keeps freed buffers: without the trim a long CPU run's RSS grew every epoch
     if tc.malloc_trim_every: cbs.append(ReleaseMemory(tc.malloc_trim_every))
@@ -224,41 +189,8 @@ def _train_locked(recipe: Recipe, run_dir: Path, data: ImageDataset, resume: boo
         D.barrier()
         return R.read_json(run_dir / R.METRICS)
     world = D.world_size()
-    with D.local_only(): result = _finish_run(recipe, run_dir, data, learn, dls, n_train, wall, resuming, world, log)
+    with D.local_only(): result = finish_run(recipe, run_dir, data, learn, dls, n_train, wall, resuming, world, log)
     D.barrier()
-    return result
-
-
-def _finish_run(recipe: Recipe, run_dir: Path, data: ImageDataset, learn, dls, n_train: int, wall: float,
-                resuming: bool, world_size: int, log: Callable) -> dict:
-    """Final evaluation, logits, export (hash recorded), examples, plots, metrics.json and DONE of a trained run
-    (rank 0 only). A failure here (a full disk, say) keeps the checkpoint: `--resume` redoes only this part."""
-    meth, tc = recipe.method, recipe.train
-    selected = tc.epochs - 1
-    if tc.select == "best_valid" and (run_dir / "best.pth").exists():
-        learn.model.load_state_dict(torch.load(run_dir / "best.pth", map_location="cpu"))
-        selected = R.load_checkpoint(run_dir)["best"]["epoch"]
-    metrics, splits = _final_eval(learn, data)
-    facts = dict(label=meth.run_label, recipe=recipe.name, dataset=recipe.dataset.name, model=recipe.model.arch,
-                 method=meth.name, **meth.facts(), mix=meth.mix, seed=recipe.seed, epochs=tc.epochs, selected_epoch=selected + 1, select=tc.select,
-                 schedule=tc.schedule, image_size=recipe.dataset.image_size, bs=tc.bs, lr=tc.lr,
-                 n_train=n_train, n_valid=len(dls.valid_ds), n_test=len(dls.loaders[2].dataset),
-                 wall_time_s=round(wall, 1), resumed=resuming, world_size=world_size)
-    result = dict(valid=metrics["valid"], test=metrics["test"], facts=facts)
-    R.save_logits(run_dir, splits, data.classes)
-    if recipe.train.cache != "none":   # the export predicts on image files: give it the plain (decoding) pipeline
-        learn.dls = build_dls(recipe, data, recipe.seed, paired=False, device=dls.device)
-    R.save_hashed(lambda t: learn.export(Path(t).resolve()), run_dir, R.EXPORT)
-    write_examples(run_dir, data.test.items, data.test.labels, data.classes)
-    try: _plots(run_dir, splits["test"], meth.run_label)
-    except OSError as e:
-        msg = R.disk_full_message(run_dir / "reliability.png", e)
-        raise OSError(e.errno, msg) if msg else e
-    R.save_metrics(run_dir, result)
-    R.mark_done(run_dir)
-    t = result["test"]
-    log(f"done {run_dir}: test top1_err={t['top1_err']:.4f} top5_err={t['top5_err']:.4f} "
-        f"ece={t['ece']:.4f} nll={t['nll']:.4f} ({wall:.0f}s)")
     return result
 
 

@@ -113,11 +113,14 @@ def set_rng_state(learn, st: dict) -> None:
 class EpochCheckpoint(Callback):
     """After each epoch: model, optimizer, RNG states, best-on-valid bookkeeping, the smoothed training loss and
     the wall time so far, written atomically with its SHA-256 recorded (`rundir.save_hashed`). On resume it puts
-    the smoothed loss back, so `train_loss` continues instead of restarting from the new epoch's first batches."""
+    the smoothed loss back, so `train_loss` continues instead of restarting from the new epoch's first batches.
+    The run's `fingerprint` (`cskd_fastai.fingerprint`) rides along, so `--resume` can refuse another recipe. With
+    `select: best_valid` the best epoch's weights go to best.pth, also atomically and hashed."""
     order = HistoryCSV.order + 1
-    def __init__(self, run_dir: Path, select: str, best: Optional[dict] = None, state: Optional[dict] = None):
+    def __init__(self, run_dir: Path, select: str, best: Optional[dict] = None, state: Optional[dict] = None,
+                 fingerprint: Optional[dict] = None):
         self.run_dir, self.select, self.best = Path(run_dir), select, best or {"epoch": -1, "value": float("inf")}
-        self.state = state or {}
+        self.state, self.fingerprint = state or {}, fingerprint
     def before_fit(self):
         self.t0, self.wall0 = time.time(), float(self.state.get("wall", 0.0))
         sm = self.state.get("smooth")
@@ -130,11 +133,12 @@ class EpochCheckpoint(Callback):
             v = self.recorder.log[self.recorder.metric_names.index("top1_err")]
             if v is not None and v < self.best["value"]:
                 self.best = {"epoch": self.epoch, "value": float(v)}
-                torch.save(D.unwrap(self.learn.model).state_dict(), self.run_dir / "best.pth")
+                weights = D.unwrap(self.learn.model).state_dict()
+                R.save_hashed(lambda t: torch.save(weights, t), self.run_dir, R.BEST)
         sm = self.recorder.smooth_loss
         state = dict(model=D.unwrap(self.learn.model).state_dict(), opt=self.learn.opt.state_dict(), epoch=self.epoch,
                      rng=_rng_state(self.learn), best=self.best, wall=self.wall,
-                     smooth=dict(count=int(sm.count), val=float(sm.val)),
+                     smooth=dict(count=int(sm.count), val=float(sm.val)), fingerprint=self.fingerprint,
                      # per-sample state of a method (PS-KD's last-epoch predictions): resumed like the weights
                      cbs={type(cb).__name__: cb.state_dict() for cb in self.learn.cbs if hasattr(cb, "state_dict")})
         R.save_hashed(lambda t: torch.save(state, t), self.run_dir, R.CHECKPOINT)

@@ -28,13 +28,14 @@ from __future__ import annotations
 from ..safeio import disk_full_message, save_atomic, sha256  # noqa: F401  (what writers of a run dir use beside these)
 from .archive import ARCHIVED, archive_run
 from .examples import EXAMPLES, read_examples, write_examples
-from .files import (CHECKPOINT, DONE, ENV, EXPORT, HASHES, HISTORY, LOCK, LOGITS, METRICS, PNGS, RECIPE, RunDirError,
-                    RunLockedError, load_checkpoint, read_json, read_yaml, record_hash, save_hashed, verify_hash)
+from .files import (BEST, CHECKPOINT, DONE, ENV, EXPORT, HASHES, HISTORY, LOCK, LOGITS, METRICS, PNGS, RECIPE, RunDirError,
+                    RunLockedError, load_checkpoint, load_hashed, read_json, read_verified, read_yaml, record_hash,
+                    save_hashed, verify_hash)
 from .layout import (Run, find_runs, finished_runs, is_done, load_logits, load_run, load_run_learner, mark_done,
                      save_logits, save_metrics)
 from .lock import run_lock
 
 __all__ = ["RunDirError", "RunLockedError", "Run", "load_run", "load_logits", "save_logits", "load_run_learner",
            "find_runs", "finished_runs", "is_done", "save_metrics", "mark_done", "archive_run", "ARCHIVED", "run_lock",
-           "record_hash", "verify_hash", "read_json", "read_yaml", "load_checkpoint", "save_atomic", "save_hashed",
+           "record_hash", "verify_hash", "read_verified", "load_hashed", "read_json", "read_yaml", "load_checkpoint", "save_atomic", "save_hashed",
            "disk_full_message", "EXAMPLES", "write_examples", "read_examples"]

@@ -7,13 +7,13 @@ from pathlib import Path
 
 from ..safeio import save_atomic, sha256
 
-__all__ = ["RECIPE", "ENV", "HISTORY", "METRICS", "LOGITS", "EXPORT", "CHECKPOINT", "DONE", "HASHES", "LOCK", "PNGS",
-           "RunDirError", "RunLockedError", "read_json", "read_yaml", "record_hash", "save_hashed", "verify_hash",
-           "load_checkpoint"]
+__all__ = ["RECIPE", "ENV", "HISTORY", "METRICS", "LOGITS", "EXPORT", "CHECKPOINT", "BEST", "DONE", "HASHES", "LOCK",
+           "PNGS", "RunDirError", "RunLockedError", "read_json", "read_yaml", "record_hash", "save_hashed", "verify_hash",
+           "read_verified", "load_hashed", "load_checkpoint"]
 
-RECIPE, ENV, HISTORY, METRICS, LOGITS, EXPORT, CHECKPOINT, DONE, HASHES, LOCK = (
-    "recipe.yaml", "env.json", "history.csv", "metrics.json", "logits.pt", "export.pkl", "checkpoint.pth", "DONE",
-    "hashes.json", ".lock")
+RECIPE, ENV, HISTORY, METRICS, LOGITS, EXPORT, CHECKPOINT, BEST, DONE, HASHES, LOCK = (
+    "recipe.yaml", "env.json", "history.csv", "metrics.json", "logits.pt", "export.pkl", "checkpoint.pth", "best.pth",
+    "DONE", "hashes.json", ".lock")
 PNGS = ("reliability.png", "curves.png")
 
 
@@ -47,8 +47,12 @@ def read_yaml(path):
 
 # ---- integrity of the pickles ------------------------------------------------------------------------------
 def _hashes(run_dir: Path) -> dict:
+    "hashes.json's table ({} if there is none); one `RunDirError` line when it is not a table."
     f = run_dir / HASHES
-    return read_json(f) if f.exists() else {}
+    table = read_json(f) if f.exists() else {}
+    if not isinstance(table, dict):
+        raise RunDirError(f"{f} is not a table of file digests; restore it or retrain the run")
+    return table
 
 
 def _write_hashes(run_dir: Path, table: dict) -> None:
@@ -81,30 +85,54 @@ def save_hashed(write, run_dir, name: str) -> None:
     _write_hashes(run_dir, {**_hashes(run_dir), name: [digest["new"]]})
 
 
-def verify_hash(run_dir, name: str) -> Path:
-    """`run_dir/name` if its SHA-256 matches the one recorded when it was written; one `RunDirError` line otherwise.
+def _recorded(run_dir: Path, name: str) -> list:
+    "The SHA-256 digests recorded for `name`; one `RunDirError` line when hashes.json is not the table it should be."
+    want = _hashes(run_dir).get(name) or []
+    want = [want] if isinstance(want, str) else want
+    if not isinstance(want, list) or not all(isinstance(w, str) for w in want):
+        raise RunDirError(f"{run_dir / HASHES}: the entry for {name} is not a list of SHA-256 digests; restore it or "
+                          f"retrain the run")
+    return want
 
-    Unpickling runs code: a pickle is only ever loaded after this check."""
+
+def read_verified(run_dir, name: str) -> bytes:
+    """The bytes of `run_dir/name` if their SHA-256 matches one recorded when it was written; one `RunDirError` line
+    otherwise. The file is read once and the very bytes that were hashed are what the caller deserializes: a file
+    swapped between the check and the load is never loaded."""
+    import hashlib
     run_dir = Path(run_dir)
     f = run_dir / name
-    if not f.exists(): raise RunDirError(f"run dir {run_dir}: missing {name}")
-    want = _hashes(run_dir).get(name)
+    want = _recorded(run_dir, name)
+    try: data = f.read_bytes()
+    except FileNotFoundError: raise RunDirError(f"run dir {run_dir}: missing {name}") from None
     if not want:
         raise RunDirError(f"{f} has no recorded SHA-256 in {HASHES}, so it is not loaded (unpickling runs code); "
                           f"retrain the run, or record it with `cskd-fastai trust {run_dir}` if you made the file yourself")
-    if sha256(f) not in ([want] if isinstance(want, str) else want):
+    if hashlib.sha256(data).hexdigest() not in want:
         raise RunDirError(f"{f} does not match the SHA-256 recorded when it was written (changed, truncated or "
                           f"replaced since), so it is not loaded; restore the original or retrain the run")
-    return f
+    return data
+
+
+def verify_hash(run_dir, name: str) -> Path:
+    "`run_dir/name` if its SHA-256 matches the recorded one (`read_verified`); for callers that need only the check."
+    read_verified(run_dir, name)
+    return Path(run_dir) / name
+
+
+def load_hashed(run_dir, name: str, weights_only: bool = False):
+    "`torch.load` of the verified bytes of `run_dir/name` (on the CPU); an unreadable file is one `RunDirError` line."
+    import io
+    import torch
+    data = read_verified(run_dir, name)
+    try: return torch.load(io.BytesIO(data), map_location="cpu", weights_only=weights_only)
+    except Exception as e:
+        raise RunDirError(f"cannot read {Path(run_dir) / name} ({type(e).__name__}: {' '.join(str(e).split())[:200]}); "
+                          f"delete the run directory and retrain") from None
 
 
 def load_checkpoint(run_dir) -> dict:
-    "The run's checkpoint (model, optimizer, RNG states), after its hash is verified."
-    import torch
-    f = verify_hash(run_dir, CHECKPOINT)
-    try: return torch.load(f, map_location="cpu", weights_only=False)
-    except Exception as e:
-        raise RunDirError(f"cannot read {f} ({type(e).__name__}: {' '.join(str(e).split())[:200]}); "
-                          f"delete the run directory and retrain") from None
+    "The run's checkpoint (model, optimizer, RNG states, fingerprint), after its hash is verified."
+    return load_hashed(run_dir, CHECKPOINT)
 
 

@@ -11,7 +11,7 @@ from typing import Iterable
 import torch
 
 from ..safeio import save_atomic
-from .files import DONE, EXPORT, LOGITS, METRICS, RECIPE, RunDirError, read_json, read_yaml, verify_hash
+from .files import DONE, EXPORT, LOGITS, METRICS, RECIPE, RunDirError, read_json, read_verified, read_yaml
 
 __all__ = ["Run", "load_run", "load_logits", "save_logits", "load_run_learner", "find_runs", "finished_runs", "is_done",
            "save_metrics", "mark_done", "need_file"]
@@ -91,12 +91,13 @@ def load_run_learner(path, cpu: bool = True):
     import warnings
     from fastai.learner import load_learner
     import cskd_fastai.models, cskd_fastai.transforms  # noqa: F401  (classes the pickle may reference)
-    need_file(Path(path), EXPORT, "the exported learner")
-    f = verify_hash(path, EXPORT)
+    import io
+    f = need_file(Path(path), EXPORT, "the exported learner")
+    data = read_verified(path, EXPORT)   # hashed and unpickled from the same bytes: no swap in between
     try:
         with warnings.catch_warnings():   # fastai's "insecure pickle" warning: the hash check above is the answer
             warnings.filterwarnings("ignore", message=".*load_learner.*pickle", category=UserWarning)
-            return load_learner(f, cpu=cpu)
+            return load_learner(io.BytesIO(data), cpu=cpu)
     except UnboundLocalError as e:  # fastai hides the real ImportError/AttributeError behind this
         cause = e.__context__ or e
         raise RunDirError(f"cannot load {f}: {type(cause).__name__}: {cause}; install the packages "
