@@ -62,7 +62,7 @@ class CSKDLearner(Learner):
         `epochs` unfrozen) as ONE fit of `freeze_epochs + epochs` epochs (`callbacks.fine_tune.FineTuneSchedule`):
         PS-KD's α_t, a λ warm-up and the stored-partner store span the whole fine-tune, the history is continuous,
         and `start_epoch` resumes in either phase. fastai's own two-fit version stays `Learner.fine_tune(learn, ...)`."""
-        sched = FineTuneSchedule(freeze_epochs, base_lr, lr_mult, pct_start, div, div_final, moms)
+        sched = FineTuneSchedule(freeze_epochs, base_lr, lr_mult, pct_start, div, div_final, moms, start_epoch)
         self.fit(freeze_epochs + epochs, cbs=[sched] + list(L(cbs)), start_epoch=start_epoch, **kwargs)
 
     def export(self, fname="export.pkl", pickle_module=cloudpickle, pickle_protocol=2):

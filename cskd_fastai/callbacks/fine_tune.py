@@ -26,7 +26,7 @@ __all__ = ["FineTuneSchedule"]
 class FineTuneSchedule(ParamScheduler):
     "Frozen one-cycle for `freeze_epochs` epochs, then unfrozen one-cycle with discriminative lrs, in one fit."
     def __init__(self, freeze_epochs: int = 1, base_lr: float = 2e-3, lr_mult: float = 100, pct_start: float = 0.3,
-                 div: float = 5.0, div_final: float = 1e5, moms=None):
+                 div: float = 5.0, div_final: float = 1e5, moms=None, start_epoch: int = 0):
         if not (isinstance(freeze_epochs, int) and freeze_epochs >= 0):
             raise ValueError(f"freeze_epochs must be a whole number >= 0, got {freeze_epochs!r}")
         store_attr()
@@ -57,9 +57,10 @@ class FineTuneSchedule(ParamScheduler):
 
     def before_epoch(self):
         """Freeze or unfreeze when the phase differs from the body's state: at the start, at the phase boundary, and
-        at the first epoch of a resumed fit (fastai's SkipToEpoch). The optimizer state is cleared where fastai's
+        at the first epoch of a resumed fit (`start_epoch`, as given to `fit`). The optimizer state is cleared where fastai's
         `freeze()` / `unfreeze()` clear it (epoch 0 and the first unfrozen epoch), not when a resumed fit merely
         restores the freeze of the epoch it resumes in (its optimizer state comes from the checkpoint)."""
+        if self.epoch < self.start_epoch: return   # skipped by a resumed fit: leave the restored optimizer alone
         frozen = self.epoch < self.freeze_epochs
         if frozen == self._frozen: return
         if frozen and not getattr(self.learn, "pretrained_body", True):
