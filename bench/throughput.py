@@ -68,7 +68,8 @@ from fastai.vision.core import imagenet_stats
 from cskd_fastai.datasets import ImageDataset, ImageSplit, load_dataset
 from cskd_fastai.models import create_paper_model
 from cskd_fastai.recipe import Recipe
-from cskd_fastai.train import build_dls, build_learner, stratified_split
+from cskd_fastai.pipeline import build_dls, stratified_split
+from cskd_fastai.train import build_learner
 
 CONFIGS = {  # name: (paper model, image size, anchors per batch, augmentation of the real-image pipeline)
     "cifar": ("cifar_resnet18", 32, 128, "crop_flip"),
@@ -122,7 +123,7 @@ def synthetic_data(n: int, n_classes: int, size: int, seed: int = 0):
 
 def synthetic_dls(x, labels, n_valid: int, bs: int, paired: bool, device):
     "fastai DataLoaders over in-memory uint8 tensors; normalisation on the device, as in the training pipeline."
-    from cskd_fastai.data import PairedDL
+    from cskd_fastai.loaders import PairedDL
     names = [f"c{int(l)}" for l in labels]
     n = len(labels)
     splits = [list(range(n - n_valid)), list(range(n - n_valid, n))]
@@ -267,8 +268,8 @@ def bench_one(name, arch, size, bs, augment, source, args, device, real_data=Non
             from cskd_fastai.cache import build_cache, cache_side
             cache = build_cache(list(data.train.items) + list(data.test.items), cache_side(size, augment),
                                 "rrc" if augment == "resized_crop_flip" else "resize", "memory", log=lambda m: None)
-        dls_ce = build_dls(r_ce, data, 0, paired=False, device=device, cache=cache)
-        dls_kd = build_dls(r_kd, data, 0, paired=True, device=device, cache=cache)
+        dls_ce = build_dls(data, r_ce.dataset, r_ce.train, 0, paired=False, device=device, cache=cache)
+        dls_kd = build_dls(data, r_kd.dataset, r_kd.train, 0, paired=True, device=device, cache=cache)
         tr_idx, _ = stratified_split(data.train.labels, args.valid_pct, 0)
         items = [data.train.items[i] for i in tr_idx]; lab = [int(data.train.labels[i]) for i in tr_idx]
         ref_batches = file_batches(items, lab, size, augment, bs, args.workers, device)

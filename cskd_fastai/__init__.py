@@ -2,20 +2,18 @@
 
 The public names import lazily (PEP 562): `import cskd_fastai` and the command line (`cskd-fastai --help`,
 `--version`, argument errors) answer without importing torch or fastai; `from cskd_fastai import CSKD` imports
-what it needs on first use."""
+what it needs on first use. Importing changes nothing outside the package (no warning filters, no patches): the
+command line silences fastai's import-time torch.jit warning for itself, and progress bars are made quiet in
+non-terminal output when a fit of ours starts (`progress.quiet_fill_check`)."""
 __version__ = "0.1.0"
 
 import importlib as _importlib
-import warnings as _warnings
 
-# fastai calls torch.jit.script at import time; torch 2.14 warns about it on every import (not our code's use)
-_warnings.filterwarnings("ignore", message="`torch.jit.script` is deprecated", category=FutureWarning)
-
-_WHERE = {"PairedDL": "data", "paired_dls": "data", "dataset_labels": "data", "check_classes": "data",
+_WHERE = {"PairedDL": "loaders", "paired_dls": "loaders", "dataset_labels": "loaders", "check_classes": "loaders",
           "class_wise_kd": "losses", "CSKD": "callbacks", "warmup_schedule": "callbacks", "TeacherKD": "callbacks",
           "cskd_learner": "learner", "plain_learner": "learner", "CSKDLearner": "learner",
           "cskd_metrics": "metrics", "classification_metrics": "metrics", "PSKD": "callbacks", "TfKDLoss": "losses",
-          "IndexedDL": "data", "ReleaseMemory": "callbacks", "StoredCSKD": "callbacks"}
+          "IndexedDL": "loaders", "ReleaseMemory": "callbacks", "StoredCSKD": "callbacks"}
 
 __all__ = [*_WHERE, "__version__"]
 

@@ -27,7 +27,7 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-from .calibration import MIN_ERRORS, apply_temperature, confidence_histogram, reliability_diagram
+from .metrics.calibration import MIN_ERRORS, apply_temperature, confidence_histogram, reliability_diagram
 from .images import IMAGE_FORMATS, MAX_PIXELS, MAX_SIDE, one_line, safe_image  # noqa: F401  (re-exported)
 from .rundir.examples import EXAMPLES
 from .serving import (ModelEntry, inside_folders, stored_split, calibration_numbers, example_images, load_model,  # noqa: F401

@@ -180,8 +180,8 @@ def check(recipe: Path = typer.Argument(..., help="recipe YAML"),
         runs = [f"{m.run_label} x seeds {r.seeds}" for m in r.methods]
         typer.echo(f"recipe {recipe}: ok ({r.name}: {r.dataset.name}, {r.model.arch}, {r.train.epochs} epochs; runs: {'; '.join(runs)})")
         if no_data: return
-        from .train import load_data
-        d = load_data(r, data_root)
+        from .pipeline import load_data
+        d = load_data(r.dataset, data_root)
         typer.echo(f"dataset {d.name}: ok ({len(d.classes)} classes, {len(d.train.items)} train, {len(d.test.items)} test)")
         if verify_images: _verify_images(d, progress)
     _guard(_do)
@@ -262,6 +262,10 @@ def demo(run_dirs: List[Path] = typer.Argument(..., help="finished run directori
 
 
 def main():
+    import warnings
+    # fastai calls torch.jit.script at import time and torch 2.14 warns about it on every import: noise in a
+    # command's output, not about our code (the library itself installs no filter)
+    warnings.filterwarnings("ignore", message="`torch.jit.script` is deprecated", category=FutureWarning)
     app()
 
 

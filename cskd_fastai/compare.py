@@ -41,7 +41,7 @@ def check_agrees(p: Path, split: str, stored: dict, recomputed: dict) -> None:
 def _scores(p: Path, split: str, metrics: dict) -> dict:
     """The table's numbers for one run, every one from its stored logits (metrics.json must agree with them: a
     changed file is refused, never shown beside numbers from the other), plus the temperature-scaled ones."""
-    from .calibration import fit_temperature_checked
+    from .metrics.calibration import fit_temperature_checked
     from .metrics.functional import calibration_error, classification_metrics, nll
     from .rundir import load_logits
     z, y, _ = load_logits(p, split)

@@ -16,10 +16,10 @@ __all__ = ["evaluate_run", "predict_logits"]
 
 def evaluate_run(run_dir, data_root: Optional[str] = None) -> dict:
     "Test metrics of the run's exported learner, recomputed from the images on disk."
-    from .train import load_data
+    from .pipeline import load_data
     run = load_run(run_dir)
     recipe = recipe_of_run(run.recipe)
-    data = load_data(recipe, data_root)
+    data = load_data(recipe.dataset, data_root)
     learn = load_run_learner(run_dir)
     vocab = [str(v) for v in learn.dls.vocab]
     index = {c: i for i, c in enumerate(vocab)}

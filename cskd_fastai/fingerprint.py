@@ -57,7 +57,7 @@ def split_fingerprint(items, labels, train_idx, valid_idx, root=None) -> str:
 
 def run_fingerprint(recipe, data) -> dict:
     "The recipe keys and the split fingerprint of one run of `recipe` on `data` (an `ImageDataset`)."
-    from .datasets.prepare import stratified_split
+    from .pipeline import stratified_split
     tr, va = stratified_split(data.train.labels, recipe.dataset.valid_pct, recipe.seed)
     return dict(recipe=recipe_keys(recipe),
                 split=split_fingerprint(data.train.items, data.train.labels, tr, va, recipe.dataset.root))

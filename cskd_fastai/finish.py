@@ -14,7 +14,7 @@ import torch
 from . import distributed as D
 from . import rundir as R
 from .datasets import ImageDataset
-from .datasets.prepare import build_dls
+from .pipeline import build_dls
 from .metrics import classification_metrics
 from .recipe import Recipe
 from .rundir.examples import write_examples
@@ -54,7 +54,7 @@ def plots(run_dir: Path, test: tuple, title: str) -> None:
     import matplotlib; matplotlib.use("Agg")
     import pandas as pd
     from matplotlib.figure import Figure
-    from .calibration import reliability_diagram
+    from .metrics.calibration import reliability_diagram
     ax = reliability_diagram(*test, title=f"{title} (test)")
     ax.figure.savefig(run_dir / "reliability.png", dpi=110, bbox_inches="tight")
     hist = pd.read_csv(run_dir / R.HISTORY)
@@ -86,7 +86,7 @@ def finish_run(recipe: Recipe, run_dir: Path, data: ImageDataset, learn, dls, n_
     result = dict(valid=metrics["valid"], test=metrics["test"], facts=facts)
     R.save_logits(run_dir, splits, data.classes)
     if recipe.train.cache != "none":   # the export predicts on image files: give it the plain (decoding) pipeline
-        learn.dls = build_dls(recipe, data, recipe.seed, paired=False, device=dls.device)
+        learn.dls = build_dls(data, recipe.dataset, tc, recipe.seed, paired=False, device=dls.device)
     R.save_hashed(lambda t: learn.export(Path(t).resolve()), run_dir, R.EXPORT)
     write_examples(run_dir, data.test.items, data.test.labels, data.classes)
     try: plots(run_dir, splits["test"], meth.run_label)

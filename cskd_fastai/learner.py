@@ -20,15 +20,14 @@ from fastai.vision.learner import vision_learner
 from fastcore.meta import delegates
 from torch import nn
 
-from .callbacks.cskd import CSKD, VARIANTS, LamSchedule
+from .callbacks.cskd import CSKD, LamSchedule
 from .callbacks.fine_tune import FineTuneSchedule
 from .callbacks.pskd import PSKD
 from .callbacks.stored_cskd import StoredCSKD
 from .callbacks.teacher import TeacherKD
-from .data import check_classes, paired_dls
+from .loaders import check_classes, paired_dls
 from .progress import quiet_fill_check
-
-quiet_fill_check()   # no stray '█' from fastprogress in logs and terminals
+from .variants import VARIANTS, variant as _variant
 
 __all__ = ["cskd_learner", "plain_learner", "CSKDLearner", "CSKD_LEARNER_VARIANTS", "TRAINING_ONLY_CALLBACKS"]
 
@@ -54,6 +53,10 @@ class CSKDLearner(Learner):
                           "with pretrained=False); use fit/fit_one_cycle to train from scratch, or pretrained=True",
                           UserWarning, stacklevel=2)
         return super().freeze_to(n)
+
+    def fit(self, *args, **kwargs):
+        quiet_fill_check()   # no stray '█' or bar frames from fastprogress in logs and pipes (at fit time, not import)
+        return super().fit(*args, **kwargs)
 
     def fine_tune(self, epochs: int, base_lr: float = 2e-3, freeze_epochs: int = 1, lr_mult: float = 100,
                   pct_start: float = 0.3, div: float = 5.0, div_final: float = 1e5, moms=None, cbs=None,
@@ -127,14 +130,12 @@ def plain_learner(dls: DataLoaders, arch: Union[str, Callable, nn.Module], pretr
     return learn
 
 
-CSKD_LEARNER_VARIANTS = VARIANTS + ("stored",)
+CSKD_LEARNER_VARIANTS = tuple(VARIANTS)   # every registered CS-KD form (cskd_fastai.variants)
 
 
 def _cskd_callback(lam, temp, lam_warmup, variant: str):
     "The callback for `variant`, built (and so validated) before any other work."
-    if variant not in CSKD_LEARNER_VARIANTS:
-        raise ValueError(f"variant must be one of {CSKD_LEARNER_VARIANTS}, got {variant!r}")
-    if variant != "stored": return CSKD(lam=lam, temp=temp, lam_warmup=lam_warmup, variant=variant)
+    if _variant(variant).partners != "store": return CSKD(lam=lam, temp=temp, lam_warmup=lam_warmup, variant=variant)
     if callable(lam) or lam_warmup:
         raise ValueError("variant='stored' takes a constant lam and no lam_warmup (its gate already keeps the term "
                          "small while partners are uninformative); pass a number as lam and lam_warmup=0")
@@ -152,6 +153,6 @@ def cskd_learner(dls: DataLoaders, arch: Union[str, Callable, nn.Module], lam: L
     batches). docs/results.md §5-§6 measures each; the README's guidance says when to pick which."""
     cskd = _cskd_callback(lam, temp, lam_warmup, variant)   # validates λ, T, the warm-up and the variant first
     check_classes(dls)
-    if variant != "stored": dls = paired_dls(dls)          # StoredCSKD draws partners from its store, not the loader
+    if VARIANTS[variant].partners != "store": dls = paired_dls(dls)   # a store's partners come from the store
     cbs = L(cbs) + [cskd]
     return plain_learner(dls, arch, pretrained=pretrained, cbs=cbs, **kwargs)

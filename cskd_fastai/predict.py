@@ -46,7 +46,7 @@ def predict_files(run_dir, paths: Sequence, k: int = 5, temperature: Union[str, 
     could not be used). Images are listed with `find_images`."""
     import sys
     from .serving import load_model, predict_logits
-    from .calibration import apply_temperature
+    from .metrics.calibration import apply_temperature
     from .images import safe_image
     if isinstance(k, bool) or int(k) != k or k < 1: raise ValueError(f"--top-k must be a positive integer, got {k!r}")
     temperature = parse_temperature(temperature)

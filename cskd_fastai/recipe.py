@@ -139,7 +139,7 @@ def recipe_of_run(data: dict) -> Recipe:
     try: return Recipe.model_validate(data)
     except ValidationError:
         data = copy.deepcopy(data)
-        known = {m.model_fields["name"].default: set(m.model_fields) for m in METHODS}
+        known = {name: set(m.model_fields) for name, m in METHODS.items()}
         for m in data.get("methods") or []:
             if isinstance(m, dict) and m.get("name") in known:
                 for k in [k for k in m if k not in known[m["name"]]]: m.pop(k)
@@ -151,7 +151,7 @@ def _fmt_error(src: str, e: ValidationError) -> str:
     loc = list(err["loc"])
     # pydantic names the union member in the location (methods.0.cskd.temp): users wrote methods.0.temp
     if len(loc) > 2 and loc[0] == "methods" and isinstance(loc[1], int) and isinstance(loc[2], str) \
-            and loc[2] in {m.model_fields["name"].default for m in METHODS}: del loc[2]
+            and loc[2] in METHODS: del loc[2]
     key = ".".join(str(p) for p in loc) or "(top level)"
     msg = err["msg"].removeprefix("Value error, ")
     if err["type"] == "extra_forbidden": msg = "unknown key (check its spelling against recipes/*.yaml)"

@@ -18,7 +18,7 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from .calibration import TemperatureFit, apply_temperature, fit_temperature_checked
+from .metrics.calibration import TemperatureFit, apply_temperature, fit_temperature_checked
 from .images import MAX_SIDE, safe_image
 from .metrics.functional import calibration_error, nll
 from .rundir.examples import read_examples

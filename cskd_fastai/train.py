@@ -26,9 +26,9 @@ from .cache import ImageCache
 from .callbacks.memory import ReleaseMemory
 from .callbacks.training import (DivergenceGuard, EpochCheckpoint, EpochLineLogger, HistoryCSV, PaperSchedule,  # noqa: F401
                                  TrainingDiverged, set_rng_state)  # (TrainingDiverged: re-exported for the CLI)
-from .data import check_classes, dataset_labels
+from .loaders import check_classes, dataset_labels
 from .datasets import ImageDataset
-from .datasets.prepare import build_dls, image_cache, load_data, stratified_split, subsample_per_class
+from .pipeline import build_dls, image_cache, load_data
 from .finish import environment, finish_run
 from .fingerprint import ResumeMismatch, fingerprint_changes, recipe_keys, run_fingerprint
 from .learner import plain_learner
@@ -36,7 +36,7 @@ from .metrics import cskd_metrics
 from .recipe import Recipe, recipe_of_run
 from .speed import apply_speed_options
 
-__all__ = ["stratified_split", "load_data", "subsample_per_class", "build_dls", "build_learner", "train_run", "train_recipe", "plan_runs", "run_dir_for", "RunExistsError"]
+__all__ = ["build_learner", "train_run", "train_recipe", "plan_runs", "run_dir_for", "RunExistsError"]
 
 
 def _log(msg: str) -> None: print(msg, flush=True)   # flushed: logs of long runs must show up as they happen
@@ -143,7 +143,7 @@ def _train_locked(recipe: Recipe, run_dir: Path, data: ImageDataset, resume: boo
     state = R.load_checkpoint(run_dir) if resuming else {}   # its SHA-256 is checked first: it is a pickle
     if resuming: _check_resume(run_dir, state, fingerprint)
     set_seed(recipe.seed)
-    dls = build_dls(recipe, data, recipe.seed, paired=meth.paired, indexed=meth.needs_ids,
+    dls = build_dls(data, recipe.dataset, tc, recipe.seed, paired=meth.paired, indexed=meth.needs_ids,
                     device=D.local_device() if D.is_distributed() else None, cache=cache)
     n_train = len(dataset_labels(dls.train_ds))
     counts = np.bincount(dataset_labels(dls.train_ds), minlength=len(data.classes))
@@ -225,9 +225,9 @@ def train_recipe(recipe: Recipe, out: Path, data_root: Optional[str] = None, res
         recipe = recipe.model_copy(update=dict(dataset=recipe.dataset.model_copy(
             update=dict(root=str(Path(root).expanduser().resolve())))))
     runs, dirs = plan_runs(recipe, out, resume=resume, only=only)
-    data = load_data(recipe)
+    data = load_data(recipe.dataset)
     todo = [(r, d) for r, d in zip(runs, dirs) if not (resume and R.is_done(d))]
-    cache = image_cache(recipe, data, Path(out), log) if todo and recipe.train.cache != "none" else None
+    cache = image_cache(recipe.dataset, recipe.train, data, Path(out), log) if todo and recipe.train.cache != "none" else None
     D.barrier()   # every rank has checked the run directories before rank 0 creates any
     for r, d in zip(runs, dirs):
         if resume and R.is_done(d):

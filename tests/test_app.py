@@ -19,7 +19,7 @@ from PIL import Image
 from cskd_fastai.app import (MAX_SIDE, ModelEntry, calibration_figure, calibration_numbers, example_images,
                              facts_markdown,
                              load_models, predict, predict_logits, safe_image)
-from cskd_fastai.calibration import apply_temperature
+from cskd_fastai.metrics.calibration import apply_temperature
 from cskd_fastai.metrics.functional import nll
 from cskd_fastai.rundir import RunDirError
 from cskd_fastai.testing.runs import TINY_CLASSES, free_port, make_tiny_run, serve

@@ -53,14 +53,14 @@ def _batches(dl) -> tuple[torch.Tensor, torch.Tensor]:
 @pytest.mark.parametrize("augment", ["resized_crop_flip", "crop_flip"])
 @pytest.mark.parametrize("where", ["memory", "disk"])
 def test_cached_valid_and_test_pixels_equal_the_plain_pipeline(cub, tmp_path, augment, where):
-    from cskd_fastai.train import build_dls
+    from cskd_fastai.pipeline import build_dls
     data = load_dataset("cub", cub)
     r = _recipe(cub, augment, where)
     mode = "rrc" if augment == "resized_crop_flip" else "resize"
     cache = build_cache(list(data.train.items) + list(data.test.items), cache_side(16, augment), mode, where,
                         cache_dir=tmp_path, log=lambda m: None)
-    plain = build_dls(r, data, 0, paired=True, device="cpu")
-    cached = build_dls(r, data, 0, paired=True, device="cpu", cache=cache)
+    plain = build_dls(data, r.dataset, r.train, 0, paired=True, device="cpu")
+    cached = build_dls(data, r.dataset, r.train, 0, paired=True, device="cpu", cache=cache)
     for i in (1, 2):                                    # valid, test: identical images and labels
         xp, yp = _batches(plain.loaders[i]); xc, yc = _batches(cached.loaders[i])
         assert torch.equal(yp, yc) and torch.equal(xp, xc), (i, (xp - xc).abs().max())
@@ -73,13 +73,13 @@ def test_cached_valid_and_test_pixels_equal_the_plain_pipeline(cub, tmp_path, au
 @pytest.mark.parametrize("gpu_augment", [False, True])
 def test_sample_ids_survive_the_cache(cub, gpu_augment):
     "PS-KD / cskd_stored batches end with sample ids; the cache's int -> image transform must leave them ids."
-    from cskd_fastai.train import build_dls
+    from cskd_fastai.pipeline import build_dls
     data = load_dataset("cub", cub)
     r = _recipe(cub, "resized_crop_flip", "memory")
     r.train.gpu_augment = gpu_augment
     cache = build_cache(list(data.train.items) + list(data.test.items), cache_side(16, "resized_crop_flip"), "rrc",
                         "memory", log=lambda m: None)
-    dls = build_dls(r, data, 0, paired=False, device="cpu", cache=cache, indexed=True)
+    dls = build_dls(data, r.dataset, r.train, 0, paired=False, device="cpu", cache=cache, indexed=True)
     seen = []
     for x, y, i in dls.train:
         assert x.shape[1:] == (3, 16, 16) and i.shape == y.shape and not i.is_floating_point()

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from cskd_fastai.calibration import (apply_temperature, bin_stats, confidence_histogram, fit_temperature,
+from cskd_fastai.metrics.calibration import (apply_temperature, bin_stats, confidence_histogram, fit_temperature,
                                      reliability_diagram)
 from cskd_fastai.metrics import calibration_error
 
@@ -112,7 +112,7 @@ def test_plots_return_axes_and_write_png(tmp_path):
 
 # ---- the default temperature: only where the validation data supports it --------------------------------------
 def test_checked_fit_refuses_a_temperature_fitted_on_one_error():
-    from cskd_fastai.calibration import fit_temperature_checked
+    from cskd_fastai.metrics.calibration import fit_temperature_checked
     g = torch.Generator().manual_seed(0)
     y = torch.randint(0, 10, (189,), generator=g)
     z = torch.randn(189, 10, generator=g) + 6 * torch.nn.functional.one_hot(y, 10)
@@ -124,7 +124,7 @@ def test_checked_fit_refuses_a_temperature_fitted_on_one_error():
 
 
 def test_checked_fit_trusts_a_supported_temperature_and_cross_validates():
-    from cskd_fastai.calibration import _folds, fit_temperature_checked
+    from cskd_fastai.metrics.calibration import _folds, fit_temperature_checked
     g = torch.Generator().manual_seed(1)
     n, c = 400, 5
     true = torch.randn(n, c, generator=g) * 1.5

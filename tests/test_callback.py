@@ -201,11 +201,13 @@ def test_kd_term_is_float32_under_bf16_autocast(dls, monkeypatch):
     "The KD term on bf16 logits (the MixedPrecision path) must be computed in float32, not in bf16."
     import cskd_fastai.callbacks.cskd as C
     seen = []
-    def recording_kd(a, p, T):
-        kd = class_wise_kd(a, p, T)
+    stock = C.KD_TERMS["plain"]   # the published term, per anchor: CSKD takes its mean
+    def recording_kd(a, p, y, T):
+        per = stock(a, p, y, T)
+        kd = per.mean()
         seen.append((p.dtype, kd.dtype, kd.item(), class_wise_kd(a.double(), p.double(), T).item()))
-        return kd
-    monkeypatch.setattr(C, "class_wise_kd", recording_kd)
+        return per
+    monkeypatch.setitem(C.KD_TERMS, "plain", recording_kd)
     learn = cskd_learner(dls, TinyNet(), lam=3.0, temp=4.0, cbs=[CPUMixedPrecision()], opt_func=SGD, lr=0.5)
     learn.fit(2)
     assert seen and all(pd == torch.bfloat16 for pd, *_ in seen)          # the partner logits really were bf16

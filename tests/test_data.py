@@ -9,7 +9,7 @@ import torch
 from fastai.data.core import Datasets, TfmdDL
 from fastai.data.transforms import Categorize
 
-from cskd_fastai.data import ClassIndex, PairedDL, dataset_labels, paired_dls
+from cskd_fastai.loaders import ClassIndex, PairedDL, dataset_labels, paired_dls
 
 LABELS = ["a"] * 5 + ["b"] * 3 + ["c"] * 1 + ["d"] * 6   # 'c' is a one-sample class
 

@@ -71,12 +71,12 @@ WORKER = textwrap.dedent('''
     # fastai's gather in DistributedDL.to_detach for get_preds: both ranks predict their slice of the test set
     from cskd_fastai import distributed as D
     from cskd_fastai.rundir import load_run_learner
-    from cskd_fastai.train import load_data
+    from cskd_fastai.pipeline import load_data
     from cskd_fastai.recipe import load_recipe
     from fastcore.basics import noop
     run_dir = sys.argv[2]
     learn = load_run_learner(run_dir)
-    data = load_data(load_recipe(sys.argv[3]))
+    data = load_data(load_recipe(sys.argv[3]).dataset)
     dl = learn.dls.test_dl(list(data.test.items), bs=64, num_workers=0)
     with D.distrib_ctx(learn), learn.no_bar(), learn.no_logging():
         preds, _ = learn.get_preds(dl=dl, act=noop)

@@ -213,7 +213,7 @@ def test_in_batch_targets_are_detached():
     import warnings
     g = torch.Generator().manual_seed(0)
     z = (torch.randn(8, 5, generator=g) * 2).requires_grad_()
-    cb = CSKD(lam=1.0, temp=4.0, variant="in_batch")
+    cb = CSKD(lam=1.0, temp=4.0, variant="in_batch")   # its plain term reads no labels
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         cb.pred = z

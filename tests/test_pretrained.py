@@ -158,7 +158,7 @@ def test_no_callback_leaks_state_between_fastais_two_fits(folder32):
     "With fastai's own two-fit fine_tune: the store is kept, the loaders and metrics are the learner's own again."
     from fastai.data.core import TfmdDL
     from cskd_fastai import StoredCSKD
-    from cskd_fastai.data import IndexedDL
+    from cskd_fastai.loaders import IndexedDL
     cb = StoredCSKD(lam=1.0)
     seen_at_phase_2 = []
     class Watch(Callback):

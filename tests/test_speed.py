@@ -11,8 +11,8 @@ from fastai.learner import load_learner
 from fastai.torch_core import TensorImage
 
 from cskd_fastai import CSKD, cskd_learner
-from cskd_fastai.speed import (BatchFlip, BatchPadCrop, BatchResizedCropFlip, ChannelsLast, apply_speed_options,
-                               compile_model, is_compiled)
+from cskd_fastai.batch_transforms import BatchFlip, BatchPadCrop, BatchResizedCropFlip
+from cskd_fastai.speed import ChannelsLast, apply_speed_options, compile_model, is_compiled
 from conftest import make_dls
 
 CL = torch.channels_last
@@ -179,7 +179,7 @@ def test_gpu_augment_keeps_the_valid_pipeline(tmp_path):
     from cskd_fastai.datasets import load_dataset
     from cskd_fastai.recipe import Recipe
     from cskd_fastai.testing.replicas import make_imagefolder
-    from cskd_fastai.train import build_dls
+    from cskd_fastai.pipeline import build_dls
     root = make_imagefolder(tmp_path, n_per_class=4, n_classes=2, n_test_per_class=2, size=20)
     data = load_dataset("imagefolder", root)
     for augment in ("crop_flip", "resized_crop_flip"):
@@ -188,7 +188,7 @@ def test_gpu_augment_keeps_the_valid_pipeline(tmp_path):
             r = Recipe.model_validate(dict(name="t", dataset=dict(name="imagefolder", image_size=16, valid_pct=0.25),
                                            model=dict(arch="small_cnn"), methods=[dict(name="cskd")],
                                            train=dict(epochs=1, bs=4, lr=0.1, augment=augment, gpu_augment=gpu)))
-            dls = build_dls(r, data, 0, paired=True, device="cpu")
+            dls = build_dls(data, r.dataset, r.train, 0, paired=True, device="cpu")
             out[gpu] = [dls.loaders[i].one_batch()[0] for i in (1, 2)]
             xb, yb = dls.train.one_batch()
             assert xb.shape == (8, 3, 16, 16) and torch.equal(yb[:4], yb[4:])

@@ -19,6 +19,7 @@ import torch
 from fastai.callback.core import Callback
 from fastai.callback.mixup import CutMix, MixUp
 
+from ..progress import quiet_fill_check
 from .stats import add_stat_metrics, all_reduce_sum, remove_stat_metrics
 
 __all__ = ["KDCallback"]
@@ -39,6 +40,7 @@ class KDCallback(Callback):
 
     # ---- lifecycle ------------------------------------------------------------------------------------
     def before_fit(self):   # fastai's get_preds runs before_fit/after_fit too: keep it light and undoable
+        quiet_fill_check()   # in a plain fastai Learner too: quiet bars in non-terminal output (idempotent)
         self.prepare_fit()
         if self.log_stats and self.stat_names: add_stat_metrics(self.learn, self._stat, self.stat_names, owner=self)
 

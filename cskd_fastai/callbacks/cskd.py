@@ -11,12 +11,12 @@ import torch.nn.functional as F
 from fastai.torch_core import find_bs
 
 from ..checks import check_fraction, check_temp, check_weight
-from ..data import PairedDL, paired_dls
-from ..losses import class_wise_kd, decoupled_kd, informativeness, softened_entropy
-from ..losses.softened_kl import softened_kl_per_sample
+from ..loaders import PairedDL, paired_dls
+from ..losses import KD_TERMS, softened_entropy
+from ..variants import variant as _variant
 from .base import KDCallback
 
-__all__ = ["CSKD", "LamSchedule", "warmup_schedule", "VARIANTS"]
+__all__ = ["CSKD", "LamSchedule", "warmup_schedule", "PAIRED_VARIANTS"]
 
 LamSchedule = Union[float, Callable[[float], float]]
 
@@ -38,13 +38,16 @@ def warmup_schedule(lam: float, warmup: float) -> Callable[[float], float]:
     return _sched
 
 
-VARIANTS = ("published", "decoupled", "gated", "in_batch")
+# The variants of `cskd_fastai.variants` whose partners are images of the paired batch (a separate pass or in-batch);
+# 'stored' takes its partners from a store (`StoredCSKD`).
+PAIRED_VARIANTS = ("published", "decoupled", "gated", "in_batch")
 
 
 class CSKD(KDCallback):
     """Class-wise self-knowledge distillation: CE on anchors + λ·T²·KL(partner ‖ anchor), partners under no_grad.
 
-    `variant` (the published loss by default; the others are this project's, measured in docs/results.md):
+    `variant` (the published loss by default; the others are this project's, measured in docs/results.md), one of
+    `cskd_fastai.variants.VARIANTS` with paired partners: its partner source and KD term (`losses.KD_TERMS`)
     * 'decoupled': λ·T²·(tckd_weight·TCKD + nckd_weight·NCKD) of KL(partner ‖ anchor) (`losses.decoupled`): with
       tckd_weight 0 the class-similarity part stays and the confidence penalty of unfit partners goes.
     * 'gated': each anchor's KD term times the partner's informativeness 1 - H(p_partner^T)/log C.
@@ -60,10 +63,14 @@ class CSKD(KDCallback):
         if callable(lam) and lam_warmup > 0:
             raise ValueError("pass either a λ schedule (e.g. warmup_schedule(lam, w)) or lam_warmup, not both: they "
                              "would multiply")
-        if variant not in VARIANTS: raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
+        v = _variant(variant)
+        if v.partners not in ("pass", "in_batch"):
+            raise ValueError(f"variant {variant!r} takes its partners from a store: use StoredCSKD (or "
+                             f"cskd_learner(..., variant={variant!r})); CSKD's variants are {PAIRED_VARIANTS}")
         check_weight(tckd_weight, "tckd_weight"); check_weight(nckd_weight, "nckd_weight")
         self.lam, self.temp, self.lam_warmup, self.log_stats = lam, float(temp), float(lam_warmup), log_stats
         self.variant, self.tckd_weight, self.nckd_weight = variant, float(tckd_weight), float(nckd_weight)
+        self.in_batch, self.term = v.partners == "in_batch", v.term
         self._restore_dls, self._lam = None, None
 
     # ---- λ schedule -------------------------------------------------------------------------------
@@ -94,28 +101,31 @@ class CSKD(KDCallback):
             if y.dim() == 1 and not torch.equal(y[:b], y[b:]):
                 raise ValueError("CSKD: partner labels differ from anchor labels; the train loader is not a PairedDL")
             self._first_batch = False
-        if self.variant == "in_batch": return   # one forward over anchors and partners together
+        if self.in_batch: return   # one forward over anchors and partners together
         self.partner_xb = tuple(x[b:] for x in self.xb)
         self.learn.xb = tuple(x[:b] for x in self.xb)
         self.learn.yb = tuple(y[:b] for y in self.yb)
 
     def after_pred(self):
-        if self.variant == "in_batch": return
+        if self.in_batch: return
         # Separate forward, same network in train mode: partners get their own BatchNorm statistics and no graph
         with torch.no_grad(): self.partner_pred = self.learn.model(*self.partner_xb)
 
+    def _term(self, anchor, partner, labels):
+        "This variant's KD term (`losses.KD_TERMS`), mean over anchors."
+        kw = dict(tckd_weight=self.tckd_weight, nckd_weight=self.nckd_weight) if self.term == "decoupled" else {}
+        return KD_TERMS[self.term](anchor, partner, labels, self.temp, **kw).mean()
+
     def _kd(self):
-        "The KD term of this variant (for 'in_batch' it also sets the partner logits the statistics describe)."
-        if self.variant == "in_batch":
+        "The KD term of this variant (in-batch: both ways, and the partner logits the statistics describe)."
+        y = self.yb[0] if self.term == "decoupled" else None   # only DKD's split reads the labels
+        if self.in_batch:
             b = self.pred.shape[0] // 2
             a, p = self.pred[:b], self.pred[b:]
             self.partner_pred = p.detach()
-            return 0.5 * (class_wise_kd(a, p, self.temp) + class_wise_kd(p, a, self.temp))   # targets detached
-        if self.variant == "published": return class_wise_kd(self.pred, self.partner_pred, self.temp)
-        if self.variant == "decoupled":
-            return decoupled_kd(self.pred, self.partner_pred, self.yb[0], self.temp, self.tckd_weight, self.nckd_weight)
-        w = informativeness(self.partner_pred, self.temp)   # gated
-        return (w * softened_kl_per_sample(self.pred, self.partner_pred, self.temp)).mean()
+            ya, yp = (y[:b], y[b:]) if y is not None else (None, None)
+            return 0.5 * (self._term(a, p, ya) + self._term(p, a, yp))   # targets detached by the term
+        return self._term(self.pred, self.partner_pred, y)
 
     def after_loss(self):
         lam = self.lam_at(self.pct_train)

@@ -11,7 +11,7 @@ import torch
 import torch.distributed as dist
 from fastai.data.core import DataLoaders
 
-from ..data import IndexedDL
+from ..loaders import IndexedDL
 
 __all__ = ["SampleStoreMixin", "check_store_dtype", "gather_rows"]
 

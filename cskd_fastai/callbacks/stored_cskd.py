@@ -19,9 +19,8 @@ from __future__ import annotations
 import torch
 
 from ..checks import check_flag, check_temp, check_weight
-from ..data import ClassIndex, dataset_labels
-from ..losses import informativeness, softened_entropy
-from ..losses.softened_kl import softened_kl_per_sample
+from ..loaders import ClassIndex, dataset_labels
+from ..losses import KD_TERMS, softened_entropy
 from .base import KDCallback
 from .sample_store import SampleStoreMixin, check_store_dtype
 
@@ -57,9 +56,8 @@ class StoredCSKD(SampleStoreMixin, KDCallback):
 
     def after_loss(self):
         p = self.partner_logits.to(self.pred.device)
-        w = self.partner_seen.to(self.pred.device).float()          # an unseen partner has no prediction yet
-        if self.gated: w = w * informativeness(p, self.temp)
-        kd = (w * softened_kl_per_sample(self.pred, p, self.temp)).mean()
+        seen = self.partner_seen.to(self.pred.device).float()       # an unseen partner has no prediction yet
+        kd = (seen * KD_TERMS["gated" if self.gated else "plain"](self.pred, p, self.learn.yb[0], self.temp)).mean()
         ce = self.add_kd(kd, self.lam)
         self.write_store(self.idx, self.pred)   # this batch's predictions become the store's entries for its samples
         if self.log_stats: self._accumulate(ce, kd.detach(), p)

@@ -8,7 +8,16 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ..checks import check_temp, check_weight, safe_component
 
-__all__ = ["Strict", "MethodBase"]
+__all__ = ["Strict", "MethodBase", "METHODS", "register"]
+
+# Every method config by its recipe name (`name:`), filled by `@register` as the datasets' loaders are.
+METHODS: dict[str, type] = {}
+
+
+def register(cls):
+    "Class decorator: make a `MethodBase` subclass (with its `name: Literal[...]`) a method recipes can name."
+    METHODS[cls.model_fields["name"].default] = cls
+    return cls
 
 
 class Strict(BaseModel):

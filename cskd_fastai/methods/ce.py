@@ -3,11 +3,12 @@ from __future__ import annotations
 
 from typing import Literal
 
-from .base import MethodBase
+from .base import MethodBase, register
 
 __all__ = ["CE"]
 
 
+@register
 class CE(MethodBase):
     "Cross-entropy on one-hot labels."
     name: Literal["ce"] = "ce"

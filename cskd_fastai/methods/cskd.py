@@ -6,9 +6,12 @@ from typing import ClassVar, Literal
 from pydantic import Field, field_validator, model_validator
 
 from ..checks import check_temp, check_weight
-from .base import MethodBase
+from ..variants import VARIANTS
+from .base import MethodBase, register
 
 __all__ = ["CSKDMethod", "ClassWiseKDFields"]
+
+PAIRED_VARIANTS = tuple(n for n, v in VARIANTS.items() if v.partners != "store")
 
 
 class ClassWiseKDFields(MethodBase):
@@ -21,11 +24,13 @@ class ClassWiseKDFields(MethodBase):
     _temp_ok = field_validator("temp")(classmethod(lambda cls, v: check_temp(v)))
 
 
+@register
 class CSKDMethod(ClassWiseKDFields):
     "λ, T and λ warm-up of the published loss; `variant` selects one of this project's variants (see `CSKD`)."
     name: Literal["cskd"] = "cskd"
     lam_warmup: float = Field(0.0, ge=0, le=1, description="linear warm-up of λ over this fraction of training")
-    variant: Literal["published", "decoupled", "gated", "in_batch"] = "published"
+    variant: Literal[PAIRED_VARIANTS] = Field("published", description="a CS-KD form with paired partners "
+                                              "(cskd_fastai.variants; the stored form is `name: cskd_stored`)")
     tckd_weight: float = Field(0.0, ge=0, description="variant decoupled: weight of the target-class part")
     nckd_weight: float = Field(1.0, ge=0, description="variant decoupled: weight of the non-target part")
 

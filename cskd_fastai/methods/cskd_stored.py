@@ -5,11 +5,13 @@ from typing import ClassVar, Literal
 
 from pydantic import Field
 
+from .base import register
 from .cskd import ClassWiseKDFields
 
 __all__ = ["StoredCSKDMethod"]
 
 
+@register
 class StoredCSKDMethod(ClassWiseKDFields):
     "λ, T, the informativeness gate and the store's dtype; partners' logits come from the store, not a second pass."
     name: Literal["cskd_stored"] = "cskd_stored"

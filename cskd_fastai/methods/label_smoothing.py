@@ -5,11 +5,12 @@ from typing import Literal
 
 from pydantic import Field
 
-from .base import MethodBase
+from .base import MethodBase, register
 
 __all__ = ["LabelSmoothing"]
 
 
+@register
 class LabelSmoothing(MethodBase):
     "fastai's `LabelSmoothingCrossEntropyFlat(eps=smoothing)`."
     name: Literal["label_smoothing"] = "label_smoothing"

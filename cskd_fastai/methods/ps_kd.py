@@ -5,11 +5,12 @@ from typing import ClassVar, Literal
 
 from pydantic import Field
 
-from .base import MethodBase
+from .base import MethodBase, register
 
 __all__ = ["PSKDMethod"]
 
 
+@register
 class PSKDMethod(MethodBase):
     "α_T (0.8 in the paper) and the dtype of the per-sample prediction store (float16 halves its N × C memory)."
     name: Literal["ps_kd"] = "ps_kd"

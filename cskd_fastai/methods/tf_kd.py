@@ -6,11 +6,12 @@ from typing import Literal
 from pydantic import Field, field_validator
 
 from ..checks import check_temp
-from .base import MethodBase
+from .base import MethodBase, register
 
 __all__ = ["TfKDMethod"]
 
 
+@register
 class TfKDMethod(MethodBase):
     "a (probability of the true class in the designed teacher), its softening temperature and the KD weight α."
     name: Literal["tf_kd"] = "tf_kd"

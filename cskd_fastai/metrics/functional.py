@@ -11,16 +11,17 @@ left-closed like ``torch.bucketize(..., right=True)`` that torchmetrics uses, bu
 (a saturated softmax, common for over-confident networks) belongs to the last bin. torchmetrics 1.9 bins with
 ``bucketize(conf, linspace(0, 1, n+1), right=True) - 1``, which sends ``conf == 1.0`` to an extra
 ``(n+1)``-th bin of its own; its |acc - conf| is then never averaged with the rest of the top bin, so the ECE
-is not the documented n-bin estimate. We keep torchmetrics' `_ce_compute` and only hand it bin boundaries
-whose last edge is nudged to the next float above 1.0 (`torch.nextafter`): every confidence in ``[0, 1]``
-then falls into one of the n real bins and the extra bin torchmetrics allocates always stays empty.
+is not the documented n-bin estimate. Here the bin boundaries' last edge is nudged to the next float above 1.0
+(`torch.nextafter`), so every confidence in ``[0, 1]`` falls into one of the n real bins, and the ECE is the
+weighted mean of |accuracy - confidence| over those bins (`calibration_bins`), computed here rather than with
+torchmetrics' private `_ce_compute`; tests/test_metrics.py checks it against torchmetrics' public
+`multiclass_calibration_error` wherever no confidence is exactly 1.0 (where the two binnings agree).
 """
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torchmetrics.functional.classification.calibration_error import _ce_compute
 
 __all__ = ["check_logits_targets", "check_n_bins", "calibration_bin_boundaries", "classwise_bins",
            "adaptive_calibration_error_from_confidences", "calibration_bins", "calibration_error", "adaptive_calibration_error",
@@ -104,9 +105,9 @@ def calibration_bins(confidences: Tensor, accuracies: Tensor, n_bins: int = 15) 
 
 def calibration_error_from_confidences(confidences: Tensor, accuracies: Tensor, n_bins: int = 15) -> Tensor:
     "Top-label ECE (L1, equal-width bins, `conf == 1.0` in the last bin) of per-sample confidences/correctness."
-    _check_confidences(confidences, accuracies)
-    edges = calibration_bin_boundaries(n_bins, confidences.dtype, confidences.device)
-    return _ce_compute(confidences, accuracies.to(confidences.dtype), edges, norm="l1")
+    count, acc, conf = calibration_bins(confidences, accuracies, n_bins)
+    filled = count > 0
+    return ((count[filled] / count.sum()) * (acc[filled] - conf[filled]).abs()).sum()
 
 
 def calibration_error(logits: Tensor, targets: Tensor, n_bins: int = 15) -> Tensor:

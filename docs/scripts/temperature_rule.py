@@ -5,7 +5,7 @@ NLL under four rules for fitting T on the VALIDATION logits (never on test):
 - `bounded`: the same with T clamped to [0.2, 5];
 - `min-errors`: the fit only when the validation split has at least `MIN_ERRORS` misclassified images, else T = 1;
 - `checked`: `min-errors` plus a 5-fold cross-validation on the validation split that must show a held-out NLL gain
-  (`cskd_fastai.calibration.fit_temperature_checked`, the rule the demo, `predict` and `compare` use).
+  (`cskd_fastai.metrics.calibration.fit_temperature_checked`, the rule the demo, `predict` and `compare` use).
 
     python docs/scripts/temperature_rule.py docs/evidence
 """
@@ -13,7 +13,7 @@ import sys
 
 import numpy as np
 
-from cskd_fastai.calibration import MIN_ERRORS, fit_temperature, fit_temperature_checked
+from cskd_fastai.metrics.calibration import MIN_ERRORS, fit_temperature, fit_temperature_checked
 from cskd_fastai.metrics.functional import nll
 from cskd_fastai.rundir import find_runs, load_logits, load_run
 

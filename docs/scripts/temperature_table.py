@@ -7,7 +7,7 @@ from collections import defaultdict
 
 import numpy as np
 
-from cskd_fastai.calibration import apply_temperature, fit_temperature
+from cskd_fastai.metrics.calibration import apply_temperature, fit_temperature
 from cskd_fastai.metrics import classification_metrics
 from cskd_fastai.rundir import find_runs, load_logits, load_run
 

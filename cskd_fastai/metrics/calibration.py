@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .metrics.functional import (check_logits_targets, check_n_bins, calibration_bins,
+from .functional import (check_logits_targets, check_n_bins, calibration_bins,
                                  calibration_error_from_confidences, top_label_confidences)
 
 __all__ = ["fit_temperature", "TemperatureFit", "fit_temperature_checked", "MIN_ERRORS", "apply_temperature", "bin_stats", "reliability_diagram", "confidence_histogram"]

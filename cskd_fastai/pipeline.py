@@ -1,6 +1,7 @@
-"""Data preparation for a recipe: the dataset (subsampled if asked), the seeded stratified validation split carved
-from train, the item transforms of each augmentation, the decoded-image cache, and the fastai DataLoaders
-(paired for CS-KD, indexed for methods with per-sample state; test loader at index 2)."""
+"""The data pipeline of a run, from the recipe's dataset and train configs (never the whole recipe): the dataset
+(subsampled if asked), the seeded stratified validation split carved from train, the item transforms of each
+augmentation, the decoded-image cache, and the fastai DataLoaders (paired for CS-KD, indexed for methods with
+per-sample state; test loader at index 2). Below the training stack: nothing here imports a method or a callback."""
 from __future__ import annotations
 
 import os
@@ -15,14 +16,13 @@ from fastai.data.transforms import Categorize, IntToFloatTensor, Normalize, ToTe
 from fastai.vision.augment import FlipItem, RandomResizedCrop, Resize
 from fastai.vision.core import imagenet_stats
 
-from ..cache import ImageCache, build_cache, cache_item_tfms, cache_side
-from ..data import IndexedDL, PairedDL
-from ..recipe import Recipe
-from ..speed import BatchFlip, device_aug_tfms, loader_kwargs
-from ..transforms import PadRandomCrop, load_image
-from .core import ImageDataset, load_dataset
+from .batch_transforms import BatchFlip, device_aug_tfms
+from .cache import ImageCache, build_cache, cache_item_tfms, cache_side
+from .datasets import ImageDataset, load_dataset
+from .loaders import IndexedDL, PairedDL
+from .transforms import PadRandomCrop, load_image
 
-__all__ = ["stratified_split", "build_dls", "subsample_per_class", "load_data", "image_cache"]
+__all__ = ["stratified_split", "item_tfms", "loader_kwargs", "build_dls", "subsample_per_class", "load_data", "image_cache"]
 
 
 def stratified_split(labels, valid_pct: float, seed: int) -> tuple[list[int], list[int]]:
@@ -38,7 +38,8 @@ def stratified_split(labels, valid_pct: float, seed: int) -> tuple[list[int], li
     return sorted(train), sorted(valid)
 
 
-def _item_tfms(size: int, augment: str) -> list:
+def item_tfms(size: int, augment: str) -> list:
+    "Item transforms of `augment` at `size` (PIL, per item); valid/test take the deterministic ones."
     if augment == "resized_crop_flip": return [RandomResizedCrop(size), FlipItem(0.5), ToTensor()]
     tfms = [Resize(size)]
     if augment in ("crop", "crop_flip"): tfms.append(PadRandomCrop(size, padding=max(1, size // 8)))
@@ -46,11 +47,17 @@ def _item_tfms(size: int, augment: str) -> list:
     return tfms + [ToTensor()]
 
 
-def build_dls(recipe: Recipe, data: ImageDataset, seed: int, paired: bool, device=None,
+def loader_kwargs(workers: int, device=None) -> dict:
+    "Worker settings for fastai loaders: pinned host memory when batches go to CUDA through worker processes."
+    cuda = torch.device(device).type == "cuda" if device is not None else torch.cuda.is_available()
+    return dict(num_workers=workers, pin_memory=bool(cuda and workers > 0))
+
+
+def build_dls(data: ImageDataset, cfg, tc, seed: int, paired: bool, device=None,
               cache: Optional[ImageCache] = None, indexed: bool = False):
-    """DataLoaders with train (paired for CS-KD), valid (carved from train) and test (index 2) loaders; with a
-    `cache` (built over train + test items, in that order) items are cache indices and nothing is decoded."""
-    cfg, tc = recipe.dataset, recipe.train
+    """DataLoaders of `data` for a recipe's dataset config `cfg` and train config `tc`: train (paired for CS-KD),
+    valid (carved from train) and test (index 2) loaders; with a `cache` (built over train + test items, in that
+    order) items are cache indices and nothing is decoded."""
     tr_idx, va_idx = stratified_split(data.train.labels, cfg.valid_pct, seed)
     if not va_idx: raise ValueError(f"dataset.valid_pct={cfg.valid_pct} leaves no validation images; raise it")
     items = list(data.train.items) + list(data.test.items)
@@ -68,11 +75,11 @@ def build_dls(recipe: Recipe, data: ImageDataset, seed: int, paired: bool, devic
     dl_type = PairedDL if paired else IndexedDL if indexed else None
     if device is None: device = "cuda" if torch.cuda.is_available() else "cpu"
     # train.gpu_augment: flips/crops per batch on the device (training only; valid/test items are unchanged)
-    item_tfms, aug = device_aug_tfms(cfg.image_size, tc.augment) if tc.gpu_augment else (_item_tfms(cfg.image_size, tc.augment), [])
+    after_item, aug = device_aug_tfms(cfg.image_size, tc.augment) if tc.gpu_augment else (item_tfms(cfg.image_size, tc.augment), [])
     if cache is not None:   # crops from the decoded array; a random-resized crop is cut per item either way
-        item_tfms = cache_item_tfms(cache, cfg.image_size, tc.augment, tc.gpu_augment)
+        after_item = cache_item_tfms(cache, cfg.image_size, tc.augment, tc.gpu_augment)
         if tc.gpu_augment and tc.augment == "resized_crop_flip": aug = [BatchFlip(0.5)]
-    dls = dsets.dataloaders(bs=tc.bs, dl_type=dl_type, after_item=item_tfms,
+    dls = dsets.dataloaders(bs=tc.bs, dl_type=dl_type, after_item=after_item,
                             after_batch=[IntToFloatTensor(), *aug, Normalize.from_stats(*imagenet_stats)],
                             drop_last=tc.drop_last, device=device, **loader_kwargs(tc.workers, device))
     return dls
@@ -91,21 +98,21 @@ def subsample_per_class(data: ImageDataset, n: int, seed: int = 0) -> ImageDatas
     return replace(data, train=train)
 
 
-def load_data(recipe: Recipe, data_root: Optional[str] = None) -> ImageDataset:
-    "The recipe's dataset (`data_root` overrides `dataset.root`), subsampled if the recipe says so."
-    data = load_dataset(recipe.dataset.name, data_root if data_root is not None else recipe.dataset.root)
-    if recipe.dataset.train_per_class: data = subsample_per_class(data, recipe.dataset.train_per_class)
+def load_data(cfg, data_root: Optional[str] = None) -> ImageDataset:
+    "The dataset of a recipe's dataset config `cfg` (`data_root` overrides `cfg.root`), subsampled if it says so."
+    data = load_dataset(cfg.name, data_root if data_root is not None else cfg.root)
+    if cfg.train_per_class: data = subsample_per_class(data, cfg.train_per_class)
     return data
 
 
-def image_cache(recipe: Recipe, data: ImageDataset, out: Path, log: Callable) -> ImageCache:
-    "The recipe's decoded-image cache (`train.cache`), built once for all its runs; disk caches under <out>/.cache."
-    tc, size = recipe.train, recipe.dataset.image_size
+def image_cache(cfg, tc, data: ImageDataset, out: Path, log: Callable) -> ImageCache:
+    "The decoded-image cache of `tc.cache`, built once for all of a recipe's runs; disk caches under <out>/.cache."
+    size = cfg.image_size
     side, mode = cache_side(size, tc.augment), ("rrc" if tc.augment == "resized_crop_flip" else "resize")
     items = list(data.train.items) + list(data.test.items)
     t0 = time.time()
     # under a multi-process launch every rank builds (memory) or reuses (disk) it; a disk build is tmp + rename
-    cache = build_cache(items, side, mode, tc.cache, cache_dir=out / ".cache", name=recipe.dataset.name,
+    cache = build_cache(items, side, mode, tc.cache, cache_dir=out / ".cache", name=cfg.name,
                         threads=max(1, min(4, os.cpu_count() or 1)), log=log)
     log(f"image cache ({tc.cache}): {len(items)} images at {side}px, {cache.images.nbytes / 2**20:.0f} MB, "
         f"ready in {time.time() - t0:.1f}s")
