@@ -22,8 +22,8 @@ from torch import nn
 
 from .callbacks.cskd import CSKD, LamSchedule
 from .callbacks.fine_tune import FineTuneSchedule
-from .callbacks.pskd import PSKD
-from .callbacks.stored_cskd import StoredCSKD
+from .callbacks.ps_kd import PSKD
+from .callbacks.cskd_stored import StoredCSKD
 from .callbacks.teacher import TeacherKD
 from .loaders import check_classes, paired_dls
 from .progress import quiet_fill_check

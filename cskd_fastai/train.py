@@ -24,7 +24,7 @@ from . import distributed as D
 from . import rundir as R
 from .cache import ImageCache
 from .callbacks.memory import ReleaseMemory
-from .callbacks.training import (DivergenceGuard, EpochCheckpoint, EpochLineLogger, HistoryCSV, PaperSchedule,  # noqa: F401
+from .callbacks.protocol import (DivergenceGuard, EpochCheckpoint, EpochLineLogger, HistoryCSV, PaperSchedule,  # noqa: F401
                                  TrainingDiverged, set_rng_state)  # (TrainingDiverged: re-exported for the CLI)
 from .loaders import check_classes, dataset_labels
 from .datasets import ImageDataset

@@ -1,4 +1,4 @@
-"""CS-KD with stored partner predictions (`callbacks.stored_cskd.StoredCSKD`): the class-wise target at CE's cost."""
+"""CS-KD with stored partner predictions (`callbacks.cskd_stored.StoredCSKD`): the class-wise target at CE's cost."""
 from __future__ import annotations
 
 from typing import ClassVar, Literal
@@ -29,5 +29,5 @@ class StoredCSKDMethod(ClassWiseKDFields):
 
     def method_callbacks(self, n_epochs: int) -> list:
         import torch
-        from ..callbacks.stored_cskd import StoredCSKD
+        from ..callbacks.cskd_stored import StoredCSKD
         return [StoredCSKD(self.lam, self.temp, gated=self.gated, store_dtype=getattr(torch, self.store))]

@@ -24,5 +24,5 @@ class PSKDMethod(MethodBase):
 
     def method_callbacks(self, n_epochs: int) -> list:
         import torch
-        from ..callbacks.pskd import PSKD
+        from ..callbacks.ps_kd import PSKD
         return [PSKD(self.alpha_T, store_dtype=getattr(torch, self.store))]
