@@ -27,7 +27,9 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-from .metrics.calibration import MIN_ERRORS, apply_temperature, confidence_histogram, reliability_diagram
+from .app_text import (COVERAGES, calibration_figure, calibration_markdown, confidence_markdown,  # noqa: F401
+                       facts_markdown, fmt_prob, set_markdown, _fitted_text)
+from .metrics.calibration import MIN_ERRORS, apply_temperature
 from .images import IMAGE_FORMATS, MAX_PIXELS, MAX_SIDE, one_line, safe_image  # noqa: F401  (re-exported)
 from .rundir.examples import EXAMPLES
 from .serving import (ModelEntry, inside_folders, stored_split, calibration_numbers, example_images, load_model,  # noqa: F401
@@ -40,84 +42,6 @@ __all__ = ["ModelEntry", "load_models", "load_model", "safe_image", "predict_log
 log = logging.getLogger(__name__)
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
-
-
-def calibration_figure(entry: ModelEntry, T: float | None = None):
-    "Reliability diagrams before (T = 1) and after scaling by `T`, and the confidence histogram at `T` (a `Figure`)."
-    from matplotlib.figure import Figure  # pyplot-free: no global state shared between server threads
-    T = entry.temperature if T is None else float(T)
-    z, y = stored_split(entry, "test")
-    fig = Figure(figsize=(15, 4.8), layout="constrained")
-    a0, a1, a2 = fig.subplots(1, 3)
-    reliability_diagram(z, y, ax=a0, title="Before: T = 1")
-    reliability_diagram(z / T, y, ax=a1, title=f"After: T = {T:.3g}")
-    confidence_histogram(z / T, y, ax=a2)
-    a2.set_title(f"Confidence at T = {T:.3g}")
-    fig.suptitle(f"{entry.label}: test set ({z.shape[0]} images)")
-    return fig
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# text shown in the app
-
-
-def _fmt(v, spec: str = "") -> str:
-    if v is None: return "—"
-    try: return format(v, spec) if spec else str(v)
-    except (TypeError, ValueError): return str(v)
-
-
-def _fitted_text(entry: ModelEntry, why: bool = False) -> str:
-    T = entry.fitted_temperature
-    if T is None: return "—"
-    if entry.degenerate_fit: return f"{T:.3g}, not trusted, T = 1 used" + (f" ({entry.fit.reason})" if why else "")
-    return f"{T:.3f}"
-
-
-def facts_markdown(entry: ModelEntry) -> str:
-    "The run facts as a small Markdown table."
-    f = entry.facts
-    rows = [("dataset", _fmt(f.get("dataset"))), ("model", _fmt(f.get("model"))), ("method", _fmt(f.get("method"))),
-            ("λ", _fmt(f.get("lam"), "g")), ("KD temperature", _fmt(f.get("temp"), "g")),
-            ("epochs", _fmt(f.get("epochs"))), ("test top-1 error", _fmt(f.get("test_top1_err"), ".2%")),
-            ("fitted T (valid NLL)", _fitted_text(entry, why=True))]
-    return "| run fact | |\n|---|---|\n" + "\n".join(f"| {k} | {v} |" for k, v in rows)
-
-
-def calibration_markdown(entry: ModelEntry, T: float | None = None) -> str:
-    "ECE and NLL on the test set before and after temperature scaling, as Markdown."
-    c = calibration_numbers(entry, T)
-    return (f"**{entry.label}** — test set, {c['n']} images\n\n"
-            f"| | T = 1 | T = {c['T']:.3g} |\n|---|---|---|\n"
-            f"| ECE | {c['ece_before']:.2%} | {c['ece_after']:.2%} |\n"
-            f"| NLL | {c['nll_before']:.4f} | {c['nll_after']:.4f} |")
-
-
-def fmt_prob(p: float) -> str:
-    "A probability as a percentage with useful precision: 99.7%, 0.3%, and '<0.1%' / '>99.9%' at the ends."
-    p = float(p)
-    if p < 0.0005: return "<0.1%"
-    if p > 0.9995: return ">99.9%"
-    return f"{100 * p:.1f}%"
-
-
-def confidence_markdown(entry: ModelEntry, logits: Tensor, T: float, k: int = 5, true_class: str | None = None) -> str:
-    """The top-`k` probabilities at `T` with useful precision, the top class's raw (T = 1) confidence, the true
-    class of an example, and a hint when the confidence is unusually low for this model."""
-    p_T, p_1 = apply_temperature(logits, T), apply_temperature(logits, 1.0)
-    i = int(p_T.argmax())
-    lines = [f"Top class **{entry.classes[i]}**: {fmt_prob(p_T[i])} at T = {T:.3g} ({fmt_prob(p_1[i])} at T = 1)"]
-    if true_class is not None:
-        lines.append(f"True class: **{true_class}** — " + ("right" if entry.classes[i] == true_class else "wrong"))
-    flag = unusual_confidence(entry, logits, T)
-    if flag and flag[0]:
-        lines.append(f"⚠ Unlike the training data? The top-class confidence is below what 99% of this model's "
-                     f"validation images get ({fmt_prob(flag[1])} at this T).")
-    top = p_T.topk(min(int(k), len(entry.classes)))
-    lines += ["", "| class | probability | |", "|---|---:|:---|"]
-    lines += [f"| {entry.classes[int(c)]} | {fmt_prob(v)} | `{'█' * round(20 * float(v)) or '▏'}` |"
-              for v, c in zip(top.values, top.indices)]
-    return "\n".join(lines)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -185,6 +109,8 @@ def build_demo(run_dirs: Sequence, k: int = 5, n_examples: int = 6):
                     gr.Examples([[str(p)] for p, _ in examples], inputs=image, label="Examples from the test set",
                                 examples_per_page=12, elem_id="examples")
                 k_slider = gr.Slider(1, max_k, value=min(k, max_k), step=1, label="Top-k classes shown")
+                cov = gr.Radio(list(COVERAGES), value="90%", label="Prediction set (conformal, calibrated on the "
+                               "validation split)", elem_id="coverage")
                 status = gr.Markdown(hint, elem_id="status")
             for i, e in enumerate(entries):
                 with gr.Column(scale=1, min_width=240):
@@ -207,14 +133,15 @@ def build_demo(run_dirs: Sequence, k: int = 5, n_examples: int = 6):
                 plots.append(gr.Plot(calibration_figure(e), format="png", show_label=False, elem_id=f"plot-{i}"))
                 nums.append(gr.Markdown(calibration_markdown(e), elem_id=f"calibration-{i}"))
 
-        def render(state, k, log_ts):
+        def render(state, k, coverage, log_ts):
             if state is None: return [None] * n, [""] * n
             zs, truth = [torch.tensor(z) for z in state["logits"]], state.get("true")
             ts = [10.0 ** float(t) for t in log_ts]
             return ([top_k(apply_temperature(z, T), e.classes, int(k)) for e, z, T in zip(entries, zs, ts)],
-                    [confidence_markdown(e, z, T, int(k), truth) for e, z, T in zip(entries, zs, ts)])
+                    [confidence_markdown(e, z, T, int(k), truth) + "\n\n" + set_markdown(e, z, T, coverage)
+                     for e, z, T in zip(entries, zs, ts)])
 
-        def on_image(path, k, *log_ts):
+        def on_image(path, k, coverage, *log_ts):
             if path is None: return [hint] + [None] * n + [""] * n + [None]
             if path == REFUSED: return [f"**Cannot use this input:** {REFUSAL}"] + [None] * n + [""] * n + [None]
             try:
@@ -229,18 +156,18 @@ def build_demo(run_dirs: Sequence, k: int = 5, n_examples: int = 6):
             try: truth = example_class.get(hashlib.sha1(Path(path).read_bytes()).hexdigest())
             except OSError: truth = None
             state = {"logits": logits, "true": truth}
-            labs, cs = render(state, k, log_ts)
+            labs, cs = render(state, k, coverage, log_ts)
             where = f" (an example from the test set, true class **{truth}**)" if truth else ""
             return [f"Predicted a {img.width}×{img.height} image{where}."] + labs + cs + [state]
 
-        def on_controls(state, k, *log_ts):
-            labs, cs = render(state, k, log_ts)
+        def on_controls(state, k, coverage, *log_ts):
+            labs, cs = render(state, k, coverage, log_ts)
             return labs + cs
 
-        image.change(on_image, [image, k_slider, *temps], [status, *labels, *confs, logits_state],
+        image.change(on_image, [image, k_slider, cov, *temps], [status, *labels, *confs, logits_state],
                      api_name="predict", trigger_mode="always_last")
-        for ctl in (k_slider, *temps):
-            ctl.change(on_controls, [logits_state, k_slider, *temps], [*labels, *confs],
+        for ctl in (k_slider, cov, *temps):
+            ctl.change(on_controls, [logits_state, k_slider, cov, *temps], [*labels, *confs],
                        api_visibility="private", trigger_mode="always_last")
         for i, e in enumerate(entries):
             temps[i].change(lambda t, e=e: (calibration_figure(e, 10.0 ** t), calibration_markdown(e, 10.0 ** t)),

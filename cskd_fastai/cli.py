@@ -128,15 +128,25 @@ def predict(run_dir: Path = typer.Argument(..., help="a finished run directory")
             top_k: int = typer.Option(5, "--top-k", min=1, help="classes shown per image"),
             temperature: str = typer.Option("fitted", "--temperature", help="fitted (the run's calibrated T, as in "
                                             "the demo), none (T = 1) or a number"),
-            progress: Optional[bool] = typer.Option(None, "--progress/--no-progress", help="progress bar (default: on a terminal)")):
+            progress: Optional[bool] = typer.Option(None, "--progress/--no-progress", help="progress bar (default: on a terminal)"),
+            coverage: Optional[float] = typer.Option(None, "--coverage", help="also give each image's conformal prediction "
+                                                     "set at this coverage (e.g. 0.9), calibrated on the run's validation split"),
+            score: str = typer.Option("lac", "--score", help="conformal score: lac, aps, aps_randomized, raps, raps_randomized"),
+            classwise: bool = typer.Option(False, "--classwise", help="class-conditional sets (each class covered)")):
     "Predict classes of images with a run's exported learner, at its calibrated temperature; one row per image."
     def _do():
         from .predict import format_rows, predict_files, write_csv
-        rows = predict_files(run_dir, images, k=top_k, temperature=temperature, progress=progress)
+        if csv is not None and not csv.parent.is_dir():   # before any prediction, not after all of them
+            raise ValueError(f"--csv {csv}: the folder {csv.parent} does not exist; create it or pick another path")
+        rows = predict_files(run_dir, images, k=top_k, temperature=temperature, progress=progress,
+                             coverage=coverage, score=score, classwise=classwise)
         typer.echo(format_rows(rows))
         bad = sum(1 for r in rows if r["error"])
         typer.echo(f"{len(rows) - bad} images predicted" + (f", {bad} unreadable (see their rows)" if bad else "")
                    + f"; T = {rows[0]['T']:.3g}")
+        if coverage is not None:
+            from .sets import GUARANTEE
+            typer.echo("prediction sets: " + GUARANTEE.format(pct=f"{100 * coverage:g}%"))
         if csv: write_csv(rows, csv); typer.echo(f"wrote {csv}")
     _guard(_do)
 

@@ -17,12 +17,16 @@ from .rundir import RunDirError, finished_runs, load_run
 
 __all__ = ["collect", "summarize", "to_markdown", "to_csv", "METRIC_COLUMNS"]
 
-METRIC_COLUMNS = ("top1_err", "top5_err", "ece", "ece_adaptive", "ece_classwise", "nll", "ece_ts", "nll_ts")
-_HEADS = ("top-1 err (%)", "top-5 err (%)", "ECE", "ECE eq-mass", "ECE class-wise", "NLL", "ECE @T", "NLL @T")
+METRIC_COLUMNS = ("top1_err", "top5_err", "ece", "ece_adaptive", "ece_classwise", "nll", "ece_ts", "nll_ts", "cov90",
+                  "size90")
+_HEADS = ("top-1 err (%)", "top-5 err (%)", "ECE", "ECE eq-mass", "ECE class-wise", "NLL", "ECE @T", "NLL @T",
+          "cov@90", "size@90")
 EXPLAIN = ("Errors in %; ± is the sample std over seeds (no ± with one seed). ECE: top-label, 15 equal-width bins; "
            "eq-mass: 15 equal-mass bins; class-wise: every class's probability, 15 equal-width bins. @T: after "
            "temperature scaling with T fitted by NLL on the validation split (never on test), T = 1 where the "
-           "validation split has too few errors to support a fit.")
+           "validation split has too few errors to support a fit. cov@90 / size@90: empirical coverage and mean size "
+           "of 90% conformal prediction sets (LAC score, at T) calibrated on the validation split; the guarantee "
+           "holds for test images exchangeable with the validation ones.")
 
 
 # How far a number in metrics.json may sit from the same number recomputed from logits.pt (float32 sums in
@@ -42,6 +46,7 @@ def _scores(p: Path, split: str, metrics: dict) -> dict:
     """The table's numbers for one run, every one from its stored logits (metrics.json must agree with them: a
     changed file is refused, never shown beside numbers from the other), plus the temperature-scaled ones."""
     from .metrics.calibration import fit_temperature_checked
+    from .metrics.conformal import prediction_sets, set_metrics
     from .metrics.functional import calibration_error, classification_metrics, nll
     from .rundir import load_logits
     z, y, _ = load_logits(p, split)
@@ -50,6 +55,11 @@ def _scores(p: Path, split: str, metrics: dict) -> dict:
     vz, vy, _ = load_logits(p, "valid")
     T = fit_temperature_checked(vz, vy).T
     out.update(ece_ts=float(calibration_error(z / T, y)), nll_ts=float(nll(z / T, y)), T=T)
+    try:
+        cs = prediction_sets((vz / T).softmax(1).numpy(), vy.numpy(), (z / T).softmax(1).numpy(), 0.9, "lac")
+        m = set_metrics(cs.sets, y.numpy())
+        out.update(cov90=m["coverage"], size90=m["mean_size"])
+    except ValueError: out.update(cov90=float("nan"), size90=float("nan"))   # too few validation images for 90%
     return out
 
 
@@ -95,6 +105,8 @@ def summarize(rows: list[dict]) -> list[dict]:
 
 def _fmt(r: dict, k: str) -> str:
     "The mean, with ± the std over seeds when there is more than one seed."
+    if not k.endswith("_err") and k.startswith("size"):
+        return f"{r[k]:.2f} ± {r[k + '_std']:.2f}" if r["seeds"] > 1 else f"{r[k]:.2f}"
     pct = k.endswith("_err")
     m, s = (100 * r[k], 100 * r[k + "_std"]) if pct else (r[k], r[k + "_std"])
     spec = ".2f" if pct else ".4f"

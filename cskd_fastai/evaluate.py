@@ -8,14 +8,16 @@ import torch
 
 from .metrics import classification_metrics
 from .recipe import recipe_of_run
-from .rundir import RunDirError, load_run, load_run_learner
+from .metrics.calibration import fit_temperature_checked
+from .rundir import RunDirError, load_logits, load_run, load_run_learner
 from .serving import predict_logits
 
 __all__ = ["evaluate_run", "predict_logits"]
 
 
 def evaluate_run(run_dir, data_root: Optional[str] = None) -> dict:
-    "Test metrics of the run's exported learner, recomputed from the images on disk."
+    """Test metrics of the run's exported learner, recomputed from the images on disk, and the coverage and size of
+    its conformal prediction sets on them (`sets.run_conformal`: calibrated on the validation split)."""
     from .pipeline import load_data
     run = load_run(run_dir)
     recipe = recipe_of_run(run.recipe)
@@ -32,4 +34,9 @@ def evaluate_run(run_dir, data_root: Optional[str] = None) -> dict:
     logits = predict_logits(learn, list(data.test.items))
     # labels by class *name*: the logits' columns follow the learner's vocabulary, whatever order the loader has
     labels = torch.tensor([index[str(data.classes[l])] for l in data.test.labels])
-    return dict(run=str(Path(run_dir)), n_test=len(labels), test=classification_metrics(logits, labels))
+    # prediction sets calibrated on the stored validation logits (never test), at the temperature they support
+    vz, vy, _ = load_logits(run_dir, "valid")
+    T = fit_temperature_checked(vz, vy).T
+    from .sets import run_conformal
+    return dict(run=str(Path(run_dir)), n_test=len(labels), test=classification_metrics(logits, labels),
+                conformal=run_conformal((vz, vy), (logits, labels), T))

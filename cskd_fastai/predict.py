@@ -41,18 +41,26 @@ def parse_temperature(value: Union[str, float]) -> Union[str, float]:
 
 
 def predict_files(run_dir, paths: Sequence, k: int = 5, temperature: Union[str, float] = "fitted", bs: int = 64,
-                  progress: Optional[bool] = None, on_batch: Optional[Callable[[int, int], None]] = None) -> list[dict]:
+                  progress: Optional[bool] = None, on_batch: Optional[Callable[[int, int], None]] = None,
+                  coverage: Optional[float] = None, score: str = "lac", classwise: bool = False) -> list[dict]:
     """One row per image: `path`, `top` ([(class, prob)] at T, `k` of them), `T`, `error` (None, or why the file
-    could not be used). Images are listed with `find_images`."""
+    could not be used), and with `coverage` its conformal prediction set `set` ([(class, prob)], `sets.SetPredictor`:
+    calibrated on the run's validation split at the same T). Images are listed with `find_images`."""
     import sys
     from .serving import load_model, predict_logits
     from .metrics.calibration import apply_temperature
     from .images import safe_image
     if isinstance(k, bool) or int(k) != k or k < 1: raise ValueError(f"--top-k must be a positive integer, got {k!r}")
     temperature = parse_temperature(temperature)
+    if coverage is not None and not (isinstance(coverage, (int, float)) and 0 < coverage < 1):
+        raise ValueError(f"--coverage must be a number strictly between 0 and 1 (e.g. 0.9), got {coverage!r}")
     files = find_images(paths)
     entry = load_model(run_dir)
     T = entry.temperature if temperature == "fitted" else 1.0 if temperature == "none" else float(temperature)
+    sets = None
+    if coverage is not None:
+        from .sets import SetPredictor
+        sets = SetPredictor(entry, coverage, score, classwise, T=T)   # a too small validation split: one line, now
     learn, k = entry.learn, min(int(k), len(entry.classes))
     rows = [dict(path=str(f), top=[], T=T, error=None) for f in files]
     chunks = [list(range(i, min(i + bs, len(files)))) for i in range(0, len(files), bs)]
@@ -67,29 +75,42 @@ def predict_files(run_dir, paths: Sequence, k: int = 5, temperature: Union[str, 
             try: imgs.append(safe_image(files[i])); ok.append(i)
             except ValueError as e: rows[i]["error"] = str(e)
         if imgs:
-            probs = apply_temperature(predict_logits(learn, imgs, bs=len(imgs)), T)
-            p, c = probs.topk(k, dim=1)
+            logits = predict_logits(learn, imgs, bs=len(imgs))
+            p, c = apply_temperature(logits, T).topk(k, dim=1)
             for j, i in enumerate(ok):
                 rows[i]["top"] = [(entry.classes[int(ci)], float(pi)) for pi, ci in zip(p[j], c[j])]
+            if sets is not None:
+                for i, s in zip(ok, sets.sets(logits)): rows[i]["set"] = s
         if on_batch: on_batch(n + 1, len(chunks))
     return rows
 
 
+def _set_text(s) -> str: return "; ".join(f"{c} ({100 * p:.1f}%)" for c, p in s) or "(empty)"
+
+
 def format_rows(rows: list[dict]) -> str:
-    "A Markdown table: path, top-k 'class (prob%)', T."
-    lines = ["| image | prediction (probability at T) | T |", "|---|---|---|"]
+    "A Markdown table: path, top-k 'class (prob%)', T, and the prediction set when one was asked for."
+    with_sets = any("set" in r for r in rows)
+    lines = ["| image | prediction (probability at T) | T |" + (" prediction set |" if with_sets else ""),
+             "|---|---|---|" + ("---|" if with_sets else "")]
     for r in rows:
         pred = r["error"] and f"unreadable: {r['error']}" or ", ".join(f"{c} ({100 * p:.1f}%)" for c, p in r["top"])
-        lines.append(f"| {r['path']} | {pred} | {r['T']:.3g} |")
+        extra = f" {_set_text(r['set']) if 'set' in r else ''} |" if with_sets else ""
+        lines.append(f"| {r['path']} | {pred} | {r['T']:.3g} |{extra}")
     return "\n".join(lines)
 
 
 def write_csv(rows: list[dict], path) -> None:
-    "One row per image: path, class_1, prob_1, ..., class_k, prob_k, temperature, error."
+    """One row per image: path, class_1, prob_1, ..., class_k, prob_k, temperature, error, and with prediction sets
+    `set_size` and `set` ('class (probability); ...', most probable first)."""
     k = max((len(r["top"]) for r in rows), default=0)
-    cols = ["path"] + [f"{w}_{i}" for i in range(1, k + 1) for w in ("class", "prob")] + ["temperature", "error"]
+    with_sets = any("set" in r for r in rows)
+    cols = (["path"] + [f"{w}_{i}" for i in range(1, k + 1) for w in ("class", "prob")] + ["temperature", "error"]
+            + (["set_size", "set"] if with_sets else []))
     with open(path, "w", newline="") as f:
         w = csv.writer(f); w.writerow(cols)
         for r in rows:
             top = [v for c, p in r["top"] for v in (c, f"{p:.6f}")] + [""] * (2 * (k - len(r["top"])))
-            w.writerow([r["path"], *top, f"{r['T']:.6g}", r["error"] or ""])
+            extra = ([len(r["set"]), "; ".join(f"{c} ({p:.6f})" for c, p in r["set"])] if "set" in r else ["", ""]) \
+                if with_sets else []
+            w.writerow([r["path"], *top, f"{r['T']:.6g}", r["error"] or "", *extra])

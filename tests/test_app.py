@@ -324,18 +324,19 @@ def test_server_predicts_through_gradio_client(runs, test_images, bad_inputs):
     argv = [sys.executable, str(DEMO), *map(str, runs), "--port", str(port)]
     with serve(argv, f"http://127.0.0.1:{port}/") as url:
         client = Client(url, verbose=False, analytics_enabled=False, download_files=False)
-        status, ce, cskd, ce_conf, cskd_conf = client.predict(handle_file(str(test_images[1])), 3, 0.0, 0.0,
+        status, ce, cskd, ce_conf, cskd_conf = client.predict(handle_file(str(test_images[1])), 3, "90%", 0.0, 0.0,
                                                               api_name="/predict")
         assert status.startswith("Predicted")
         for lab, conf in ((ce, ce_conf), (cskd, cskd_conf)):
             assert {c["label"] for c in lab["confidences"]} == set(TINY_CLASSES)
             assert sum(c["confidence"] for c in lab["confidences"]) == pytest.approx(1.0, abs=1e-4)
             assert lab["label"] in TINY_CLASSES and f"**{lab['label']}**" in conf
+            assert "90% prediction set" in conf and "images like the calibration" in conf   # the set and its meaning
         # bad uploads: a clear status line, no labels, and the server keeps serving
         for words in ("not an image", "corrupt or truncated"):
-            status, ce, *_ = client.predict(handle_file(str(bad_inputs[words])), 3, 0.0, 0.0, api_name="/predict")
+            status, ce, *_ = client.predict(handle_file(str(bad_inputs[words])), 3, "90%", 0.0, 0.0, api_name="/predict")
             assert words in status and not ce
-        status, ce, *_ = client.predict(handle_file(str(test_images[0])), 2, 0.0, 0.0, api_name="/predict")
+        status, ce, *_ = client.predict(handle_file(str(test_images[0])), 2, "off", 0.0, 0.0, api_name="/predict")
         assert status.startswith("Predicted") and len(ce["confidences"]) == 2
         # a path on the server that no client uploaded: the same refusal whether the file exists (an image,
         # or not) or not, and no prediction
@@ -372,7 +373,7 @@ def _raw_predict(url: str, path: str) -> list:
     "POST /gradio_api/call/predict with a FileData naming a server path (what a hostile API client sends)."
     import urllib.request
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-    body = json.dumps({"data": [{"path": path, "meta": {"_type": "gradio.FileData"}}, 3, 0.0, 0.0]}).encode()
+    body = json.dumps({"data": [{"path": path, "meta": {"_type": "gradio.FileData"}}, 3, "90%", 0.0, 0.0]}).encode()
     req = urllib.request.Request(f"{url}gradio_api/call/predict", body, {"Content-Type": "application/json"})
     with opener.open(req, timeout=30) as r: event = json.loads(r.read())["event_id"]
     with opener.open(f"{url}gradio_api/call/predict/{event}", timeout=60) as r: text = r.read().decode()

@@ -90,7 +90,8 @@ def _check_page(browser, url, image, runs, width, height):
     status = browser.find_element(By.ID, "status").text
     confidence = browser.find_element(By.ID, "confidence-1").text
     # 10: probabilities with a decimal (or < / > at the ends), never whole percents such as 100% / 0%
-    rows = [l for l in confidence.splitlines() if "%" in l and not l.startswith("Top class")]
+    rows = [l for l in confidence.splitlines() if "%" in l and not l.startswith("Top class")
+            and "prediction set" not in l and "calibration" not in l]   # the set's lines name a coverage (90%)
     assert rows and all(re.search(r"\d+\.\d%|<0\.1%|>99\.9%", r) for r in rows), confidence
     assert not re.search(r"(?<![\d.])(100|0)%", confidence), confidence
     # 11: the slider is log10 T around the default: typing 0 sets T = 1, and the panels follow
@@ -113,5 +114,8 @@ def _check_page(browser, url, image, runs, width, height):
     assert browser.save_screenshot(str(ARTIFACTS / f"demo-{width}.png"))
     assert status.startswith("Predicted")
     assert "Top class" in confidence and "at T =" in confidence
+    # the conformal set beside the confidences (90% by default), with the line on what it guarantees
+    WebDriverWait(browser, 30).until(lambda d: "90% prediction set" in d.find_element(By.ID, "confidence-1").text)
+    assert "does not hold for images unlike them" in browser.find_element(By.ID, "confidence-1").text
     for p in panels:
         assert p.is_displayed() and any(f"Top class {c}" in p.text for c in TINY_CLASSES)
