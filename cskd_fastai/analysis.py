@@ -124,14 +124,15 @@ def analyze_run(run_dir, out_dir, data_root=None, max_items: int | None = None, 
     (the output folder) and `"tsne"` ((xy, labels) arrays, not written to JSON) for `analyze_runs`' joint figure.
     """
     from .metrics.functional import classification_metrics
-    from .rundir import load_logits, load_run, load_run_learner
+    from .rebuild import rebuild_learner
+    from .rundir import load_logits, load_run
     run = load_run(run_dir)
     label = label or run.label
     classes, items, labels = _test_split(run, data_root)
     keep = _subsample(len(items), max_items)
     items = [items[i] for i in keep]
     if cpu is None: cpu = not torch.cuda.is_available()
-    learn = load_run_learner(run.path, cpu=cpu)
+    learn = rebuild_learner(run.path, cpu=cpu)
     vocab = getattr(learn.dls, "vocab", None)
     y = torch.as_tensor(_model_labels(labels[keep], classes, vocab))
     names = [str(v) for v in vocab] if vocab is not None else list(classes)

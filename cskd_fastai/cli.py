@@ -84,6 +84,8 @@ def train(recipe: Path = typer.Argument(..., help="recipe YAML, e.g. recipes/qui
         from .compare import collect, summarize, to_markdown
         from .recipe import load_recipe
         from .train import plan_runs, train_recipe
+        if out.exists() and not out.is_dir():   # before the data is loaded, not after
+            raise ValueError(f"--out {out} is a file; pass a folder (it is created if missing)")
         sets = list(set_) + ([f"seeds=[{','.join(map(str, seed))}]"] if seed else [])
         r = load_recipe(recipe, sets)
         if nproc is not None and not distributed: raise ValueError("--nproc needs --distributed")
@@ -136,6 +138,7 @@ def predict(run_dir: Path = typer.Argument(..., help="a finished run directory")
     "Predict classes of images with a run's exported learner, at its calibrated temperature; one row per image."
     def _do():
         from .predict import format_rows, predict_files, write_csv
+        if csv is not None and csv.is_dir(): raise ValueError(f"--csv {csv} is a folder; name a file such as {csv}/out.csv")
         if csv is not None and not csv.parent.is_dir():   # before any prediction, not after all of them
             raise ValueError(f"--csv {csv}: the folder {csv.parent} does not exist; create it or pick another path")
         rows = predict_files(run_dir, images, k=top_k, temperature=temperature, progress=progress,
@@ -237,10 +240,10 @@ def download(dataset: str = typer.Argument(..., help="cifar10, cifar100, cub, ti
 def trust(run_dirs: List[Path] = typer.Argument(..., help="run directories whose export/checkpoint you made yourself")):
     "Record the SHA-256 of runs' export.pkl and checkpoint.pth as they are now (for runs trained before hashes existed)."
     def _do():
-        from .rundir import CHECKPOINT, EXPORT, record_hash
+        from .rundir import CHECKPOINT, EXPORT, WEIGHTS, record_hash
         for d in run_dirs:
             if not d.is_dir(): raise ValueError(f"{d} is not a run directory")
-            names = [n for n in (EXPORT, CHECKPOINT) if (d / n).is_file()]
+            names = [n for n in (EXPORT, CHECKPOINT, WEIGHTS) if (d / n).is_file()]
             if not names: raise ValueError(f"{d} has neither {EXPORT} nor {CHECKPOINT}")
             for n in names: typer.echo(f"{d / n}: sha256 {record_hash(d, n)}")
     _guard(_do)

@@ -9,7 +9,8 @@ import torch
 from .metrics import classification_metrics
 from .recipe import recipe_of_run
 from .metrics.calibration import fit_temperature_checked
-from .rundir import RunDirError, load_logits, load_run, load_run_learner
+from .rebuild import rebuild_learner
+from .rundir import RunDirError, load_logits, load_run
 from .serving import predict_logits
 
 __all__ = ["evaluate_run", "predict_logits"]
@@ -22,7 +23,7 @@ def evaluate_run(run_dir, data_root: Optional[str] = None) -> dict:
     run = load_run(run_dir)
     recipe = recipe_of_run(run.recipe)
     data = load_data(recipe.dataset, data_root)
-    learn = load_run_learner(run_dir)
+    learn = rebuild_learner(run_dir)
     vocab = [str(v) for v in learn.dls.vocab]
     index = {c: i for i, c in enumerate(vocab)}
     missing = [str(c) for c in data.classes if str(c) not in index]

@@ -117,7 +117,14 @@ def verify_image(path) -> None:
     with open(p, "rb") as f:
         try: im = Image.open(f)
         except UnidentifiedImageError: raise ValueError(f"{p} is not an image Pillow can read") from None
+        except Image.DecompressionBombError as e:   # raised by open itself, before any pixel: name the file, go on
+            raise ValueError(f"{p} is too large to decode safely ({one_line(e)}); downscale it or remove it") from None
         except (OSError, SyntaxError, ValueError) as e: raise ValueError(f"{p} is corrupt or truncated ({one_line(e)})") from None
+        if max(im.size) > MAX_SIDE: im.draft("RGB", (MAX_SIDE, MAX_SIDE))   # as training decodes it (a JPEG: reduced)
+        w, h = im.size
+        if w * h > MAX_PIXELS:   # training refuses it too: list it here, before training
+            raise ValueError(f"{p} is {w}x{h} = {w * h / 1e6:.0f} MP, over the {MAX_PIXELS / 1e6:.0f} MP limit; "
+                             f"downscale it or remove it")
         try: im.load()
         except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as e:
             raise ValueError(f"{p} is corrupt or truncated ({one_line(e)})") from None

@@ -15,7 +15,15 @@ import math
 from pathlib import Path
 from typing import Callable, Iterable, Optional, Sequence, Union
 
-__all__ = ["find_images", "predict_files", "write_csv", "format_rows", "parse_temperature"]
+__all__ = ["find_images", "predict_files", "write_csv", "format_rows", "parse_temperature", "csv_cell", "T_RANGE"]
+
+T_RANGE = (1e-3, 1e3)   # temperatures `predict` accepts: beyond them probabilities are all-or-nothing or NaN
+
+
+def csv_cell(v) -> str:
+    "A value a spreadsheet shows as text: a leading = + - @ (or tab / CR) would make it a formula, so it is quoted."
+    s = str(v)
+    return "'" + s if s[:1] in ("=", "+", "-", "@", "\t", "\r") else s
 
 
 def find_images(paths: Iterable) -> list[Path]:
@@ -35,8 +43,9 @@ def parse_temperature(value: Union[str, float]) -> Union[str, float]:
     if isinstance(value, str) and value.lower() in ("fitted", "none"): return value.lower()
     try: t = float(value)
     except (TypeError, ValueError): t = float("nan")
-    if not (math.isfinite(t) and t > 0):
-        raise ValueError(f"--temperature must be 'fitted', 'none' or a number > 0, got {value!r}")
+    if not (math.isfinite(t) and T_RANGE[0] <= t <= T_RANGE[1]):   # outside it softmax(z / T) overflows to NaN
+        raise ValueError(f"--temperature must be 'fitted', 'none' or a number in [{T_RANGE[0]:g}, {T_RANGE[1]:g}], "
+                         f"got {value!r}")
     return t
 
 
@@ -113,4 +122,4 @@ def write_csv(rows: list[dict], path) -> None:
             top = [v for c, p in r["top"] for v in (c, f"{p:.6f}")] + [""] * (2 * (k - len(r["top"])))
             extra = ([len(r["set"]), "; ".join(f"{c} ({p:.6f})" for c, p in r["set"])] if "set" in r else ["", ""]) \
                 if with_sets else []
-            w.writerow([r["path"], *top, f"{r['T']:.6g}", r["error"] or "", *extra])
+            w.writerow([csv_cell(c) for c in (r["path"], *top, f"{r['T']:.6g}", r["error"] or "", *extra)])

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import Literal, Optional, Union
+from typing import Annotated, Literal, Optional, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -87,6 +87,13 @@ class TrainCfg(_Strict):
                                    "N training batches and after each epoch; 0: never (cskd_fastai.callbacks.memory)")
 
 
+    @field_validator("lr", "wd", "momentum")
+    @classmethod
+    def _finite(cls, v: float) -> float:
+        import math
+        if not math.isfinite(v): raise ValueError("expected a finite number")
+        return v
+
     @model_validator(mode="after")
     def _fine_tune_epochs(self):
         if self.schedule == "fine_tune" and self.freeze_epochs >= self.epochs:
@@ -108,7 +115,8 @@ class Recipe(_Strict):
     model: ModelCfg
     train: TrainCfg
     methods: list[Method] = Field(min_length=1)
-    seeds: list[int] = Field([0], min_length=1)
+    seeds: list[Annotated[int, Field(ge=0, lt=2 ** 32)]] = Field([0], min_length=1, description="seeds (--seed): "
+                                                                  "whole numbers in [0, 2^32)")
 
     _name_safe = field_validator("name")(classmethod(lambda cls, v: _component(v)))
 
@@ -147,7 +155,10 @@ def recipe_of_run(data: dict) -> Recipe:
 
 
 def _fmt_error(src: str, e: ValidationError) -> str:
-    err = e.errors()[0]
+    errors = e.errors()
+    # a misspelt key shows up twice (the typo is unknown, the real key missing): name the typo first, it is the cause
+    errors = sorted(errors, key=lambda x: x["type"] != "extra_forbidden")
+    err = errors[0]
     loc = list(err["loc"])
     # pydantic names the union member in the location (methods.0.cskd.temp): users wrote methods.0.temp
     if len(loc) > 2 and loc[0] == "methods" and isinstance(loc[1], int) and isinstance(loc[2], str) \
@@ -158,7 +169,10 @@ def _fmt_error(src: str, e: ValidationError) -> str:
     elif err["type"] == "missing": msg = "required key is missing"
     quiet = err["type"] in ("missing", "extra_forbidden") or ", got " in msg   # the message already says it
     got = "" if quiet else f" (got {err.get('input')!r})"
-    more = f" [+{len(e.errors()) - 1} more]" if len(e.errors()) > 1 else ""
+    more = ""
+    if len(errors) > 1:
+        others = [".".join(str(p) for p in x["loc"] if not (isinstance(p, str) and p in METHODS)) for x in errors[1:4]]
+        more = f" [also: {', '.join(others)}{' ...' if len(errors) > 4 else ''}]"
     return f"{src}: {key}: {msg}{got}{more}"
 
 
@@ -192,6 +206,8 @@ def load_recipe(path: Union[str, Path], overrides: Optional[list[str]] = None) -
     "Read, override and validate a recipe; any problem is one `RecipeError` line naming file and key."
     path = Path(path)
     if not path.exists(): raise RecipeError(f"{path}: recipe file not found (see recipes/*.yaml)")
+    if not path.is_file(): raise RecipeError(f"{path}: is a directory, not a recipe file; pass a .yaml file such as "
+                                             f"recipes/quickstart.yaml")
     try: data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)

@@ -22,7 +22,8 @@ from .metrics.calibration import TemperatureFit, apply_temperature, fit_temperat
 from .images import MAX_SIDE, safe_image
 from .metrics.functional import calibration_error, nll
 from .rundir.examples import read_examples
-from .rundir import RunDirError, load_logits, load_run, load_run_learner
+from .rebuild import rebuild_learner
+from .rundir import RunDirError, load_logits, load_run
 from .speed import channels_last
 
 __all__ = ["ModelEntry", "load_models", "load_model", "predict_logits", "predict", "top_k", "calibration_numbers",
@@ -117,7 +118,7 @@ def load_model(path) -> ModelEntry:
     run = load_run(path)
     vz, vy, _ = load_logits(path, "valid")
     tz, ty, stored_classes = load_logits(path, "test")
-    learn = _for_inference(load_run_learner(path))
+    learn = _for_inference(rebuild_learner(path))   # recipe + model.safetensors: no pickle from the run dir
     classes = _vocab(learn, path)
     for split, z in (("valid", vz), ("test", tz)):
         if z.ndim != 2 or z.shape[0] == 0 or z.shape[1] != len(classes):

@@ -59,8 +59,12 @@ def build_learner(recipe: Recipe, dls, path: Path):
     if tc.optimizer == "sgd": opt_func = partial(SGD, mom=tc.momentum, decouple_wd=False)  # PyTorch SGD's L2 decay
     else: opt_func = Adam
     if meth.class_partners: check_classes(dls)
+    cbs = meth.callbacks(tc.epochs)
+    if meth.teacher:   # rebuilt from the teacher run's recipe and weights: nothing of that run is unpickled
+        from .rebuild import teacher_from_run
+        cbs.append(teacher_from_run(meth.teacher, weight=meth.teacher_weight, temp=meth.teacher_temp))
     learn = plain_learner(dls, _arch(recipe), opt_func=opt_func, loss_func=meth.loss_func(), metrics=cskd_metrics(),
-                          wd=tc.wd, wd_bn_bias=True, path=path, model_dir=".", cbs=meth.callbacks(tc.epochs),
+                          wd=tc.wd, wd_bn_bias=True, path=path, model_dir=".", cbs=cbs,
                           pretrained=recipe.model.pretrained)
     if tc.mixed_precision != "none":
         if not torch.cuda.is_available():

@@ -7,7 +7,7 @@ from fastai.vision.core import PILImage
 from fastai.vision.augment import RandTransform
 from PIL import Image, UnidentifiedImageError
 
-from .images import to_rgb
+from .images import MAX_PIXELS, MAX_SIDE, to_rgb
 
 __all__ = ["load_image", "PadRandomCrop", "ImageReadError"]
 
@@ -25,8 +25,13 @@ def load_image(item: object) -> PILImage:  # `object`: fastai then accepts paths
         return PILImage(Image.fromarray(arr).convert("RGB"))
     try:
         # to_rgb: grey, CMYK and palette as Pillow converts them, 16-bit scaled (a plain convert clips it to white)
-        with Image.open(item) as im: im.load(); img = to_rgb(im)   # decodes now, inside the try
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as e:
+        with Image.open(item) as im:
+            if max(im.size) > MAX_SIDE: im.draft("RGB", (MAX_SIDE, MAX_SIDE))   # a huge JPEG decodes reduced
+            w, h = im.size                                                      # (after the draft, for a JPEG)
+            if w * h > MAX_PIXELS:
+                raise ValueError(f"{w}x{h} = {w * h / 1e6:.0f} MP, over the {MAX_PIXELS / 1e6:.0f} MP limit")
+            im.load(); img = to_rgb(im)   # decodes now, inside the try
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as e:
         raise ImageReadError(f"cannot read image {item}: {type(e).__name__}: {' '.join(str(e).split())}; remove or "
                              f"replace the file (`cskd-fastai check RECIPE --verify-images` lists every such file)") from None
     return PILImage(img)

@@ -17,8 +17,8 @@ LAYERS = {
     "run files": ("rundir",),
     "callbacks": ("callbacks",),
     "methods": ("methods", "learner", "recipe", "speed", "fingerprint"),
-    "runs": ("train", "finish", "evaluate", "predict", "serving", "compare", "analysis", "testing"),
-    "apps": ("cli", "app", "__main__"),
+    "runs": ("train", "finish", "evaluate", "predict", "serving", "compare", "analysis", "rebuild", "sets", "testing"),
+    "apps": ("cli", "app", "app_text", "__main__"),
 }
 ORDER = list(LAYERS)
 

@@ -102,8 +102,8 @@ def test_best_pth_is_hashed_and_a_tampered_one_is_refused(best_run, tmp_path):
     assert not (run / "DONE").exists()
 
 
-@pytest.mark.parametrize("table, words", [([1, 2], "not a table"), ({"export.pkl": 5}, "not a list of SHA-256"),
-                                          ({"export.pkl": [None]}, "not a list of SHA-256")])
+@pytest.mark.parametrize("table, words", [([1, 2], "not a table"), ({"model.safetensors": 5}, "not a list of SHA-256"),
+                                          ({"model.safetensors": [None]}, "not a list of SHA-256")])
 def test_malformed_hashes_are_one_line(best_run, tmp_path, table, words):
     run = shutil.copytree(best_run, tmp_path / "h")
     (run / "hashes.json").write_text(json.dumps(table))
@@ -133,3 +133,144 @@ def test_compare_refuses_a_metrics_json_that_disagrees_with_the_logits(best_run,
     _one_error_line(*cli("compare", run), str(run), "metrics.json says test", "logits.pt gives")
     code, out = cli("compare", best_run)                               # the untouched run compares as before
     assert code == 0 and "| tiny |" in out, out
+
+
+# ---- 3: opening a run dir never runs its code ------------------------------------------------------------------
+PAYLOAD = "import os; open(os.environ['PWNED'], 'w').write('ran')"
+
+
+class _Evil:
+    def __reduce__(self): return (exec, (PAYLOAD,))
+
+
+def test_a_malicious_export_with_a_matching_hash_never_runs(best_run, tmp_path, monkeypatch):
+    """export.pkl replaced by a pickle that runs code, hashes.json rewritten to match: eval, predict, the demo's
+    loader, analyze's learner and a teacher all rebuild the model from recipe.yaml + model.safetensors instead."""
+    import pickle
+    from cskd_fastai.rundir import EXPORT, record_hash
+    from cskd_fastai.serving import load_model
+    from cskd_fastai.rebuild import rebuild_learner, teacher_from_run
+    run = shutil.copytree(best_run, tmp_path / "evil")
+    marker = tmp_path / "pwned"
+    monkeypatch.setenv("PWNED", str(marker))
+    (run / EXPORT).write_bytes(pickle.dumps(_Evil()))
+    record_hash(run, EXPORT)                                           # the attacker rewrote the hash to match
+    code, out = cli("eval", run)
+    assert code == 0 and '"top1_err"' in out, out
+    images = sorted((run / "examples").glob("*.png"))[:2]
+    code, out = cli("predict", run, *images)
+    assert code == 0 and "2 images predicted" in out, out
+    entry = load_model(run)
+    teacher = teacher_from_run(run)
+    assert entry.classes and teacher.teacher_classes == entry.classes and rebuild_learner(run).model is not None
+    assert not marker.exists()                                         # the payload never ran
+    pickle.loads((run / EXPORT).read_bytes())                          # what unpickling it does: the check can fail
+    assert marker.exists()
+
+
+def test_the_rebuilt_model_predicts_what_the_export_predicts(best_run):
+    "Same logits from recipe + safetensors as from fastai's load_learner of the (trusted, own) export."
+    from cskd_fastai.rebuild import rebuild_learner
+    from cskd_fastai.rundir import load_run_learner
+    from cskd_fastai.serving import predict_logits
+    images = sorted((best_run / "examples").glob("*.png"))
+    a = predict_logits(rebuild_learner(best_run), images)
+    b = predict_logits(load_run_learner(best_run), images)
+    assert a.shape == b.shape and torch.allclose(a, b, atol=1e-5)
+
+
+def test_tampered_weights_are_refused(best_run, tmp_path):
+    from cskd_fastai.rundir import WEIGHTS
+    run = shutil.copytree(best_run, tmp_path / "w")
+    data = bytearray((run / WEIGHTS).read_bytes()); data[-1] ^= 1; (run / WEIGHTS).write_bytes(bytes(data))
+    _one_error_line(*cli("eval", run), WEIGHTS, "does not match")
+
+
+# ---- 4: data checks name the file ------------------------------------------------------------------------------
+def test_check_lists_every_bad_image_bombs_included_and_training_refuses_them_by_name(tmp_path):
+    "A decompression bomb (PNG header of 50000 x 50000) and an oversized PNG are listed with the rest; none stops it."
+    import struct, zlib
+    from PIL import Image
+    from cskd_fastai.testing.replicas import make_imagefolder
+    from cskd_fastai.transforms import ImageReadError, load_image
+    root = make_imagefolder(tmp_path / "d", n_per_class=6, n_classes=3, n_test_per_class=2)
+    cls = sorted(p for p in (root / "train").iterdir())[0]
+    def png_header(path, w, h):   # a valid PNG signature and IHDR claiming w x h, no pixel data worth decoding
+        ihdr = struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)
+        chunk = lambda t, d: struct.pack(">I", len(d)) + t + d + struct.pack(">I", zlib.crc32(t + d))
+        path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b""))
+    png_header(cls / "bomb.png", 50000, 50000)          # 2500 MP: Pillow's DecompressionBombError at open
+    png_header(cls / "big.png", 8000, 6000)              # 48 MP: over our 40 MP budget
+    (cls / "empty.png").write_bytes(b"")
+    recipe = _recipe(tmp_path / "r.yaml", "tiny", "imagefolder", root)
+    code, out = cli("check", recipe, "--verify-images", "--no-progress")
+    assert code == 2, out
+    for name in ("bomb.png", "big.png", "empty.png"): assert f"{name}" in out, (name, out)
+    assert "3 of" in out and "too large to decode safely" in out and "48 MP" in out
+    for name in ("bomb.png", "big.png"):
+        with pytest.raises(ImageReadError, match=name): load_image(cls / name)
+    Image.new("RGB", (4000, 3000), "red").save(cls / "huge.jpg", quality=50)   # a big JPEG decodes reduced
+    assert max(load_image(cls / "huge.jpg").size) <= 2048
+
+
+def _cub(tmp_path):
+    from cskd_fastai.testing.replicas import make_cub
+    root = make_cub(tmp_path / "cub", n_per_class=3, n_classes=3, n_test_per_class=2)
+    return root, root / "CUB_200_2011"
+
+
+@pytest.mark.parametrize("edit, words", [
+    (lambda lines: [], ("images.txt lists nothing",)),
+    (lambda lines: lines + [lines[0]], ("images.txt line", "repeats id 1 (first on line 1)")),
+    (lambda lines: [lines[0].split()[0] + " ../../../etc/passwd"] + lines[1:], ("images.txt line 1", "outside the data root")),
+    (lambda lines: [lines[0].split()[0] + " /etc/passwd"] + lines[1:], ("images.txt line 1", "outside the data root")),
+])
+def test_bad_cub_metadata_is_refused_naming_file_and_line(tmp_path, edit, words):
+    root, base = _cub(tmp_path)
+    lines = (base / "images.txt").read_text().splitlines()
+    (base / "images.txt").write_text("\n".join(edit(lines)) + "\n")
+    code, out = cli("check", _recipe(tmp_path / "r.yaml", "c", "cub", root))
+    _one_error_line(code, out, *words)
+
+
+def test_a_train_test_value_other_than_0_or_1_is_refused(tmp_path):
+    root, base = _cub(tmp_path)
+    lines = (base / "train_test_split.txt").read_text().splitlines()
+    (base / "train_test_split.txt").write_text("\n".join([lines[0].split()[0] + " 2"] + lines[1:]) + "\n")
+    _one_error_line(*cli("check", _recipe(tmp_path / "r.yaml", "c", "cub", root)), "train_test_split.txt", "value 2")
+
+
+def test_an_empty_class_folder_is_dropped_with_a_warning_naming_it(tmp_path):
+    from cskd_fastai.datasets import load_dataset
+    from cskd_fastai.testing.replicas import make_imagefolder
+    root = make_imagefolder(tmp_path / "d", n_per_class=4, n_classes=3, n_test_per_class=2)
+    (root / "train" / "zz_empty").mkdir()
+    with pytest.warns(UserWarning, match="train/zz_empty/ holds no image"):
+        ds = load_dataset("imagefolder", root)
+    assert "zz_empty" not in ds.classes and len(ds.classes) == 3
+
+
+# ---- 5: one line for every error, output paths checked before any work -------------------------------------------
+def test_cli_input_errors_are_one_line_naming_the_option(tmp_path, data_dir):
+    recipe = _recipe(tmp_path / "r.yaml", "tiny", "imagefolder", data_dir)
+    _one_error_line(*cli("train", tmp_path, "--out", tmp_path / "o"), "is a directory")
+    _one_error_line(*cli("train", recipe, "--seed", "-1", "--out", tmp_path / "o"), "seeds.0", "greater than or equal to 0")
+    (tmp_path / "afile").write_text("x")
+    _one_error_line(*cli("train", recipe, "--out", tmp_path / "afile"), "--out", "is a file")
+    for key in ("train.lr", "train.wd"):
+        _one_error_line(*cli("check", recipe, "--set", f"{key}=.inf"), key, "finite")
+    _one_error_line(*cli("check", recipe, "--set", "methods.0.teacher_weight=.inf"), "teacher_weight", "finite")
+    bad = yaml.safe_load(recipe.read_text()); bad["train"]["epocs"] = bad["train"].pop("epochs")
+    (tmp_path / "typo.yaml").write_text(yaml.safe_dump(bad))
+    _one_error_line(*cli("check", tmp_path / "typo.yaml"), "train.epocs: unknown key", "also: train.epochs")
+
+
+def test_predict_bounds_the_temperature_and_escapes_formulas(best_run, tmp_path):
+    from cskd_fastai.predict import csv_cell, write_csv
+    images = sorted((best_run / "examples").glob("*.png"))[:1]
+    _one_error_line(*cli("predict", best_run, *images, "--temperature", "1e-300"), "--temperature", "[0.001, 1000]")
+    code, out = cli("predict", best_run, *images, "--temperature", "0.001")
+    assert code == 0 and "nan" not in out.lower(), out
+    write_csv([dict(path="=HYPERLINK(\"x\")", top=[("+cmd", 0.5)], T=1.0, error=None)], tmp_path / "f.csv")
+    text = (tmp_path / "f.csv").read_text()
+    assert "'=HYPERLINK" in text and "'+cmd" in text and csv_cell("bird") == "bird"

@@ -34,10 +34,3 @@ class TeacherKD(KDCallback):
     def after_loss(self):
         self.add_kd(teacher_kd(self.pred, self.teacher_pred, self.temp), self.weight)
         self.teacher_pred = None
-
-    @classmethod
-    def from_run(cls, run_dir, **kwargs) -> "TeacherKD":
-        "A teacher from a finished run directory (its exported learner)."
-        from ..rundir import load_run_learner
-        learn = load_run_learner(run_dir)
-        return cls(learn.model, teacher_classes=list(learn.dls.vocab), **kwargs)

@@ -2,6 +2,7 @@
 generic train/test ImageFolder. Items are `pathlib.Path`s; files are listed, never opened."""
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
@@ -28,10 +29,19 @@ def _synset_names(path: Path, wnids: list[str]) -> list[str]:
 
 def _folder_dataset(layout: Layout, name: str, root: Path, train_dir: Path, test_dir: Path,
                     classes: list[str] | None = None) -> ImageDataset:
-    "train/<class>/* and test/<class>/*; classes are the train folders, test classes must be a subset."
+    """train/<class>/* and test/<class>/*; classes are the train folders, test classes must be a subset. A class
+    folder with no image in train nor in test is dropped with a warning naming it (kept, it would be a class no
+    model can learn or be tested on, counted in class-wise metrics)."""
+    import warnings
     layout.require_dir(root, train_dir)
     layout.require_dir(root, test_dir)
     folders = list_subdirs(train_dir)
+    empty = [c for c in folders if not list_images(train_dir / c)
+             and not ((test_dir / c).is_dir() and list_images(test_dir / c))]
+    for c in empty:
+        warnings.warn(f"{layout.label} root {root}: class folder {train_dir.relative_to(root).as_posix()}/{c}/ holds no "
+                      f"image (nor does its test folder): dropped", UserWarning, stacklevel=2)
+    if classes is None: folders = [c for c in folders if c not in empty]
     if not folders:
         raise layout.error(root, f"no class folders in {train_dir.relative_to(root).as_posix()}/")
     train = split_by_folder(layout, root, train_dir, folders)
@@ -81,7 +91,7 @@ def load_tinyimagenet(root=None) -> ImageDataset:
             raise TINY.error(root, f"val/val_annotations.txt line {n} is not 'filename<TAB>wnid<TAB>bbox...'")
         if parts[1] not in index:
             raise TINY.error(root, f"val/val_annotations.txt line {n} names wnid {parts[1]} absent from wnids.txt")
-        items.append(val_images / parts[0])
+        items.append(inside(TINY, root, val_images, parts[0], f"val/val_annotations.txt line {n}"))
         labels.append(index[parts[1]])
     return ImageDataset("tinyimagenet", classes, train, ImageSplit(items, labels))
 
@@ -92,16 +102,31 @@ CUB = Layout("CUB", "CUB_200_2011/{images.txt,image_class_labels.txt,train_test_
 _CUB_PREFIX = re.compile(r"^\d+\.")
 
 
-def _id_table(root: Path, path: Path) -> dict[int, str]:
-    "`<int id> <rest>` lines of a CUB metadata file."
-    out = {}
+def _id_table(root: Path, path: Path, lines: dict | None = None) -> dict[int, str]:
+    """`<int id> <rest>` lines of a CUB metadata file; an empty file, a malformed line or a repeated id is one error
+    naming the file and the line (a repeated id would silently drop an image). `lines` collects id -> line number."""
+    out, where = {}, {}
     for n, line in enumerate(read_lines(path), 1):
         parts = line.split(None, 1)
-        try:
-            out[int(parts[0])] = parts[1].strip()
+        try: key, value = int(parts[0]), parts[1].strip()
         except (ValueError, IndexError):
             raise CUB.error(root, f"{path.name} line {n} is not '<id> <value>': {line[:60]!r}") from None
+        if key in out:
+            raise CUB.error(root, f"{path.name} line {n} repeats id {key} (first on line {where[key]}); each id once")
+        out[key], where[key] = value, n
+    if not out: raise CUB.error(root, f"{path.name} lists nothing")
+    if lines is not None: lines.update(where)
     return out
+
+
+def inside(layout: Layout, root: Path, base: Path, rel: str, what: str) -> Path:
+    """`base/rel`, which must stay under the data root: a metadata line naming '/etc/x' or '../../x' is refused.
+    The check is on the normalised path (no symlink is followed: a data root may keep its images on another disk)."""
+    p = base / rel
+    if Path(rel).is_absolute() or not Path(os.path.normpath(p)).is_relative_to(os.path.normpath(root)):
+        raise layout.error(root, f"{what} names {rel!r}, which is outside the data root; paths in metadata files "
+                                 f"must be relative and stay inside it")
+    return p
 
 
 @register("cub")
@@ -113,7 +138,8 @@ def load_cub(root=None) -> ImageDataset:
     files = {f: CUB.require_file(root, base / f) for f in
              ("images.txt", "image_class_labels.txt", "train_test_split.txt", "classes.txt")}
     img_dir = CUB.require_dir(root, base / "images")
-    paths = _id_table(root, files["images.txt"])
+    line_of: dict = {}
+    paths = _id_table(root, files["images.txt"], line_of)
     cls_of = _id_table(root, files["image_class_labels.txt"])
     is_train = _id_table(root, files["train_test_split.txt"])
     class_names = _id_table(root, files["classes.txt"])
@@ -122,6 +148,10 @@ def load_cub(root=None) -> ImageDataset:
         is_train = {k: int(v) for k, v in is_train.items()}
     except ValueError:
         raise CUB.error(root, "image_class_labels.txt and train_test_split.txt need integer values") from None
+    bad = next((i for i, v in is_train.items() if v not in (0, 1)), None)
+    if bad is not None:
+        raise CUB.error(root, f"train_test_split.txt gives image id {bad} the value {is_train[bad]}; expected 1 (train) "
+                              f"or 0 (test)")
     for f, table in (("image_class_labels.txt", cls_of), ("train_test_split.txt", is_train)):
         missing = [i for i in paths if i not in table]
         if missing:
@@ -135,7 +165,7 @@ def load_cub(root=None) -> ImageDataset:
     splits = {True: ([], []), False: ([], [])}
     for i, rel in paths.items():
         items, labels = splits[is_train[i] == 1]
-        items.append(img_dir / rel)
+        items.append(inside(CUB, root, img_dir, rel, f"images.txt line {line_of[i]}"))
         labels.append(label[cls_of[i]])
     return ImageDataset("cub", classes, ImageSplit(*splits[True]), ImageSplit(*splits[False]))
 
@@ -194,7 +224,8 @@ def load_dogs(root=None) -> ImageDataset:
         raise DOGS.error(root, f"test_list.mat uses label {extra[0]} ({folder_of[extra[0]]}) absent from train_list.mat")
     index = {l: k for k, l in enumerate(used)}
     classes = [folder_of[l].split("-", 1)[-1] for l in used]
-    split = lambda fs, ls: ImageSplit([img_dir / f for f in fs], [index[l] for l in ls])
+    split = lambda fs, ls: ImageSplit([inside(DOGS, root, img_dir, f, f"lists/*_list.mat entry {f!r}") for f in fs],
+                                      [index[l] for l in ls])
     return ImageDataset("dogs", classes, split(tr_files, tr_labels), split(te_files, te_labels))
 
 
@@ -222,7 +253,7 @@ def load_mit67(root=None) -> ImageDataset:
             c = rel.split("/")[0]
             if c not in index:
                 raise MIT67.error(root, f"{path.name} line {n} ({rel}) names class {c!r} with no Images/{c}/ folder")
-            items.append(img_dir / rel)
+            items.append(inside(MIT67, root, img_dir, rel, f"{path.name} line {n}"))
             labels.append(index[c])
         return ImageSplit(items, labels)
 

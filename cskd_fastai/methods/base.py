@@ -80,13 +80,12 @@ class MethodBase(Strict):
         return []
 
     def callbacks(self, n_epochs: int) -> list:
-        "This method's callbacks, then MixUp/CutMix and teacher KD when asked for."
+        """This method's callbacks, then MixUp/CutMix when asked for (teacher KD is added by `train`, which rebuilds
+        the teacher from its run directory: `rebuild.teacher_from_run`)."""
         from fastai.callback.mixup import CutMix, MixUp
-        from ..callbacks.teacher import TeacherKD
         if self.mix and not self.mixable:
             raise ValueError(f"method {self.name} does not compose with {self.mix}")   # type: ignore[attr-defined]
         cbs = list(self.method_callbacks(n_epochs))
         if self.mix == "mixup": cbs.append(MixUp(self.mix_alpha))
         if self.mix == "cutmix": cbs.append(CutMix(self.mix_alpha))
-        if self.teacher: cbs.append(TeacherKD.from_run(self.teacher, weight=self.teacher_weight, temp=self.teacher_temp))
         return cbs

@@ -8,7 +8,10 @@ Layout of one run (one method, one seed):
     history.csv      one row per epoch (train/valid loss, metrics, CS-KD's CE/KD/λ/confidence columns)
     metrics.json     {"valid": {...}, "test": {...}, "facts": {...}} — final-epoch (or valid-selected) metrics
     logits.pt        {"valid": {"logits", "labels"}, "test": {"logits", "labels"}, "classes": [...]}
-    export.pkl       the exported learner (fastai `load_learner`), no training-only callback inside
+    model.safetensors  the final weights (tensors only: loading them runs no code); `eval`, `predict`, the demo,
+                     `analyze` and a teacher rebuild the model from recipe.yaml and load these
+    export.pkl       the exported learner for fastai's `load_learner` (a pickle: load only one you trust; this
+                     package never unpickles it when model.safetensors is there)
     reliability.png, curves.png
     checkpoint.pth   the last finished epoch (model, optimizer, RNG states), kept for `--resume`
     hashes.json      SHA-256 of export.pkl and checkpoint.pth, written with them and checked before either is
@@ -29,13 +32,13 @@ from ..safeio import disk_full_message, save_atomic, sha256  # noqa: F401  (what
 from .archive import ARCHIVED, archive_run
 from .examples import EXAMPLES, read_examples, write_examples
 from .files import (BEST, CHECKPOINT, DONE, ENV, EXPORT, HASHES, HISTORY, LOCK, LOGITS, METRICS, PNGS, RECIPE, RunDirError,
-                    RunLockedError, load_checkpoint, load_hashed, read_json, read_verified, read_yaml, record_hash,
-                    save_hashed, verify_hash)
+                    RunLockedError, WEIGHTS, load_checkpoint, load_hashed, load_weights, read_json, read_verified,
+                    read_yaml, record_hash, save_hashed, save_weights, verify_hash)
 from .layout import (Run, find_runs, finished_runs, is_done, load_logits, load_run, load_run_learner, mark_done,
                      save_logits, save_metrics)
 from .lock import run_lock
 
 __all__ = ["RunDirError", "RunLockedError", "Run", "load_run", "load_logits", "save_logits", "load_run_learner",
            "find_runs", "finished_runs", "is_done", "save_metrics", "mark_done", "archive_run", "ARCHIVED", "run_lock",
-           "record_hash", "verify_hash", "read_verified", "load_hashed", "read_json", "read_yaml", "load_checkpoint", "save_atomic", "save_hashed",
+           "record_hash", "verify_hash", "read_verified", "load_hashed", "save_weights", "load_weights", "read_json", "read_yaml", "load_checkpoint", "save_atomic", "save_hashed",
            "disk_full_message", "EXAMPLES", "write_examples", "read_examples"]

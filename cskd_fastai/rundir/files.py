@@ -8,12 +8,12 @@ from pathlib import Path
 from ..safeio import save_atomic, sha256
 
 __all__ = ["RECIPE", "ENV", "HISTORY", "METRICS", "LOGITS", "EXPORT", "CHECKPOINT", "BEST", "DONE", "HASHES", "LOCK",
-           "PNGS", "RunDirError", "RunLockedError", "read_json", "read_yaml", "record_hash", "save_hashed", "verify_hash",
+           "PNGS", "WEIGHTS", "save_weights", "load_weights", "RunDirError", "RunLockedError", "read_json", "read_yaml", "record_hash", "save_hashed", "verify_hash",
            "read_verified", "load_hashed", "load_checkpoint"]
 
-RECIPE, ENV, HISTORY, METRICS, LOGITS, EXPORT, CHECKPOINT, BEST, DONE, HASHES, LOCK = (
+RECIPE, ENV, HISTORY, METRICS, LOGITS, EXPORT, CHECKPOINT, BEST, WEIGHTS, DONE, HASHES, LOCK = (
     "recipe.yaml", "env.json", "history.csv", "metrics.json", "logits.pt", "export.pkl", "checkpoint.pth", "best.pth",
-    "DONE", "hashes.json", ".lock")
+    "model.safetensors", "DONE", "hashes.json", ".lock")
 PNGS = ("reliability.png", "curves.png")
 
 
@@ -106,7 +106,8 @@ def read_verified(run_dir, name: str) -> bytes:
     try: data = f.read_bytes()
     except FileNotFoundError: raise RunDirError(f"run dir {run_dir}: missing {name}") from None
     if not want:
-        raise RunDirError(f"{f} has no recorded SHA-256 in {HASHES}, so it is not loaded (unpickling runs code); "
+        raise RunDirError(f"{f} has no recorded SHA-256 in {HASHES}, so it is not loaded (only files whose digest was "
+                          f"recorded when they were written are); "
                           f"retrain the run, or record it with `cskd-fastai trust {run_dir}` if you made the file yourself")
     if hashlib.sha256(data).hexdigest() not in want:
         raise RunDirError(f"{f} does not match the SHA-256 recorded when it was written (changed, truncated or "
@@ -136,3 +137,21 @@ def load_checkpoint(run_dir) -> dict:
     return load_hashed(run_dir, CHECKPOINT)
 
 
+
+
+# ---- the final model's weights: a format that cannot run code --------------------------------------------------
+def save_weights(run_dir, model) -> None:
+    "The final model's state dict as safetensors (tensors only: loading it cannot run code), atomic and hashed."
+    from safetensors.torch import save_file
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    save_hashed(lambda t: save_file(state, str(t)), run_dir, WEIGHTS)
+
+
+def load_weights(run_dir) -> dict:
+    "The run's final weights (verified bytes, parsed as safetensors: no code runs); one `RunDirError` line otherwise."
+    from safetensors.torch import load as load_safetensors
+    data = read_verified(run_dir, WEIGHTS)
+    try: return load_safetensors(data)
+    except Exception as e:
+        raise RunDirError(f"cannot read {Path(run_dir) / WEIGHTS} ({type(e).__name__}: {' '.join(str(e).split())[:160]}); "
+                          f"restore it or retrain the run") from None
