@@ -13,7 +13,7 @@ _WHERE = {"PairedDL": "loaders", "paired_dls": "loaders", "dataset_labels": "loa
           "class_wise_kd": "losses", "CSKD": "callbacks", "warmup_schedule": "callbacks", "TeacherKD": "callbacks",
           "cskd_learner": "learner", "plain_learner": "learner", "CSKDLearner": "learner",
           "cskd_metrics": "metrics", "classification_metrics": "metrics", "PSKD": "callbacks", "TfKDLoss": "losses",
-          "IndexedDL": "loaders", "ReleaseMemory": "callbacks", "StoredCSKD": "callbacks"}
+          "IndexedDL": "loaders", "open_run": "run_model", "conformal_sets": "sets", "ReleaseMemory": "callbacks", "StoredCSKD": "callbacks"}
 
 __all__ = [*_WHERE, "__version__"]
 

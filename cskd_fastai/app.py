@@ -78,6 +78,13 @@ def _as_entries(run_dirs) -> list[ModelEntry]:
     return load_models(items)
 
 
+def applied_T(entry: ModelEntry, log_t) -> float:
+    """The temperature a log₁₀ T slider value stands for: the run's exact default T while the slider sits on it (the
+    slider moves in 0.01 steps: 10^round(log₁₀ 0.9, 2) would be 0.891), else 10^value."""
+    t = float(log_t)
+    return entry.temperature if abs(t - round(math.log10(entry.temperature), 2)) < 1e-9 else 10.0 ** t
+
+
 def build_demo(run_dirs: Sequence, k: int = 5, n_examples: int = 6):
     "The Gradio Blocks app for these run directories (or already loaded `ModelEntry`s); doesn't start a server."
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # the demo runs offline: no telemetry calls
@@ -136,7 +143,7 @@ def build_demo(run_dirs: Sequence, k: int = 5, n_examples: int = 6):
         def render(state, k, coverage, log_ts):
             if state is None: return [None] * n, [""] * n
             zs, truth = [torch.tensor(z) for z in state["logits"]], state.get("true")
-            ts = [10.0 ** float(t) for t in log_ts]
+            ts = [applied_T(e, t) for e, t in zip(entries, log_ts)]
             return ([top_k(apply_temperature(z, T), e.classes, int(k)) for e, z, T in zip(entries, zs, ts)],
                     [confidence_markdown(e, z, T, int(k), truth) + "\n\n" + set_markdown(e, z, T, coverage)
                      for e, z, T in zip(entries, zs, ts)])
@@ -170,7 +177,7 @@ def build_demo(run_dirs: Sequence, k: int = 5, n_examples: int = 6):
             ctl.change(on_controls, [logits_state, k_slider, cov, *temps], [*labels, *confs],
                        api_visibility="private", trigger_mode="always_last")
         for i, e in enumerate(entries):
-            temps[i].change(lambda t, e=e: (calibration_figure(e, 10.0 ** t), calibration_markdown(e, 10.0 ** t)),
+            temps[i].change(lambda t, e=e: (calibration_figure(e, applied_T(e, t)), calibration_markdown(e, applied_T(e, t))),
                             temps[i], [plots[i], nums[i]], api_visibility="private", trigger_mode="always_last")
             resets[i].click(lambda c=round(math.log10(e.temperature), 2): c, None, temps[i], api_visibility="private")
     return demo

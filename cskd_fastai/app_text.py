@@ -61,8 +61,11 @@ def facts_markdown(entry: ModelEntry) -> str:
 def calibration_markdown(entry: ModelEntry, T: float | None = None) -> str:
     "ECE and NLL on the test set before and after temperature scaling, as Markdown."
     c = calibration_numbers(entry, T)
-    return (f"**{entry.label}** — test set, {c['n']} images\n\n"
-            f"| | T = 1 | T = {c['T']:.3g} |\n|---|---|---|\n"
+    head = f"**{entry.label}** — test set, {c['n']} images\n\n"
+    if abs(c["T"] - 1) < 1e-9:   # one column: scaling by 1 changes nothing
+        return (head + "| | T = 1 (no scaling) |\n|---|---|\n"
+                f"| ECE | {c['ece_before']:.2%} |\n| NLL | {c['nll_before']:.4f} |")
+    return (head + f"| | T = 1 | T = {c['T']:.3g} |\n|---|---|---|\n"
             f"| ECE | {c['ece_before']:.2%} | {c['ece_after']:.2%} |\n"
             f"| NLL | {c['nll_before']:.4f} | {c['nll_after']:.4f} |")
 
@@ -80,7 +83,8 @@ def confidence_markdown(entry: ModelEntry, logits: Tensor, T: float, k: int = 5,
     class of an example, and a hint when the confidence is unusually low for this model."""
     p_T, p_1 = apply_temperature(logits, T), apply_temperature(logits, 1.0)
     i = int(p_T.argmax())
-    lines = [f"Top class **{entry.classes[i]}**: {fmt_prob(p_T[i])} at T = {T:.3g} ({fmt_prob(p_1[i])} at T = 1)"]
+    raw = f" ({fmt_prob(p_1[i])} at T = 1)" if abs(T - 1) > 1e-9 else ""   # no "(x at T = 1)" twice
+    lines = [f"Top class **{entry.classes[i]}**: {fmt_prob(p_T[i])} at T = {T:.3g}{raw}"]
     if true_class is not None:
         lines.append(f"True class: **{true_class}** — " + ("right" if entry.classes[i] == true_class else "wrong"))
     flag = unusual_confidence(entry, logits, T)

@@ -163,7 +163,7 @@ def compare(run_dirs: List[Path] = typer.Argument(..., help="run directories or 
         from .compare import collect, summarize, to_csv, to_markdown
         if split not in ("test", "valid"): raise ValueError(f"--split must be test or valid, got {split!r}")
         s = summarize(collect(run_dirs, split))
-        typer.echo(to_markdown(s))
+        typer.echo(to_markdown(s, split=split))
         if csv: to_csv(s, csv); typer.echo(f"wrote {csv}")
     _guard(_do)
 

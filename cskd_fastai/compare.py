@@ -113,14 +113,17 @@ def _fmt(r: dict, k: str) -> str:
     return f"{m:{spec}} ± {s:{spec}}" if r["seeds"] > 1 else f"{m:{spec}}"
 
 
-def to_markdown(summary: list[dict], explain: bool = True) -> str:
-    "Markdown table; errors in %, calibration numbers as such; ± is the std over seeds; a sentence on the columns."
+def to_markdown(summary: list[dict], explain: bool = True, split: str = "test") -> str:
+    """Markdown table; errors in %, calibration numbers as such; ± is the std over seeds; a sentence on the columns.
+    `split='valid'` says so in a title line and in the legend (T is still fitted on the validation split)."""
     head = "| recipe | dataset | model | method | epochs | seeds | " + " | ".join(_HEADS) + " |"
-    lines = [head, "|---" * (head.count("|") - 1) + "|"]
+    title = ["**validation split** (choose settings here; report the test split)", ""] if split == "valid" else []
+    lines = title + [head, "|---" * (head.count("|") - 1) + "|"]
     for r in summary:
         lines.append(f"| {r['recipe']} | {r['dataset']} | {r['model']} | {r['method']} | {r['epochs']} | {r['seeds']} | "
                      + " | ".join(_fmt(r, k) for k in METRIC_COLUMNS) + " |")
-    return "\n".join(lines + (["", EXPLAIN] if explain else []))
+    legend = EXPLAIN if split == "test" else EXPLAIN.replace("(never on test)", "(these are that same split's numbers)")
+    return "\n".join(lines + (["", legend] if explain else []))
 
 
 def to_csv(summary: list[dict], path: Path) -> None:

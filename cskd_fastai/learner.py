@@ -51,7 +51,7 @@ class CSKDLearner(Learner):
         if not self.pretrained_body and n != 0:
             warnings.warn("freezing a randomly initialised body: only the head will train (the learner was built "
                           "with pretrained=False); use fit/fit_one_cycle to train from scratch, or pretrained=True",
-                          UserWarning, stacklevel=2)
+                          UserWarning, stacklevel=3)   # the caller's line (freeze -> freeze_to -> here)
         return super().freeze_to(n)
 
     def fit(self, *args, **kwargs):

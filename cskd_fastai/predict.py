@@ -64,7 +64,7 @@ def predict_files(run_dir, paths: Sequence, k: int = 5, temperature: Union[str, 
     if coverage is not None and not (isinstance(coverage, (int, float)) and 0 < coverage < 1):
         raise ValueError(f"--coverage must be a number strictly between 0 and 1 (e.g. 0.9), got {coverage!r}")
     files = find_images(paths)
-    entry = load_model(run_dir)
+    entry = load_model(run_dir, quiet_fit=temperature != "fitted")
     T = entry.temperature if temperature == "fitted" else 1.0 if temperature == "none" else float(temperature)
     sets = None
     if coverage is not None:

@@ -112,7 +112,7 @@ def _vocab(learn, path: Path) -> list[str]:
                           f"the demo needs a classifier trained on categories") from None
 
 
-def load_model(path) -> ModelEntry:
+def load_model(path, quiet_fit: bool = False) -> ModelEntry:
     "Load one finished run: metrics, recipe, valid/test logits, exported learner, and T fitted on the valid logits."
     path = Path(path)
     run = load_run(path)
@@ -135,7 +135,7 @@ def load_model(path) -> ModelEntry:
     facts = run_facts(run.recipe or {}, run.metrics or {})
     entry = ModelEntry(path, facts["label"] or path.name, learn, classes, fit.T, facts, run.recipe or {}, (vz, vy),
                        (tz, ty), fit=fit)
-    if not fit.trusted:
+    if not fit.trusted and not quiet_fit:   # (quiet when the caller applies its own T: the note would not apply)
         log.warning("%s: the fitted T (%.3g) is not applied, T = 1 instead: %s", path, fit.fitted, fit.reason)
     return entry
 

@@ -97,8 +97,8 @@ def _check_page(browser, url, image, runs, width, height):
     # 11: the slider is log10 T around the default: typing 0 sets T = 1, and the panels follow
     box = browser.find_element(By.CSS_SELECTOR, "#temp-0 input[type=number]")
     box.clear(); box.send_keys("0", Keys.TAB)
-    WebDriverWait(browser, 30).until(lambda d: "at T = 1 " in d.find_element(By.ID, "confidence-0").text
-                                     and "T = 1 T = 1" in d.find_element(By.ID, "calibration-0").text)
+    WebDriverWait(browser, 30).until(lambda d: "at T = 1\n" in d.find_element(By.ID, "confidence-0").text + "\n"
+                                     and "T = 1 (no scaling)" in d.find_element(By.ID, "calibration-0").text)
     # 12: picking an example shows its true class beside the predictions
     thumbs = browser.find_elements(By.CSS_SELECTOR, "#examples img")
     browser.execute_script("arguments[0].scrollIntoView(); arguments[0].click();", thumbs[0])

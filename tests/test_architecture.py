@@ -17,7 +17,7 @@ LAYERS = {
     "run files": ("rundir",),
     "callbacks": ("callbacks",),
     "methods": ("methods", "learner", "recipe", "speed", "fingerprint"),
-    "runs": ("train", "finish", "evaluate", "predict", "serving", "compare", "analysis", "rebuild", "sets", "testing"),
+    "runs": ("train", "finish", "evaluate", "predict", "serving", "compare", "analysis", "rebuild", "sets", "run_model", "testing"),
     "apps": ("cli", "app", "app_text", "__main__"),
 }
 ORDER = list(LAYERS)

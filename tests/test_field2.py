@@ -274,3 +274,46 @@ def test_predict_bounds_the_temperature_and_escapes_formulas(best_run, tmp_path)
     write_csv([dict(path="=HYPERLINK(\"x\")", top=[("+cmd", 0.5)], T=1.0, error=None)], tmp_path / "f.csv")
     text = (tmp_path / "f.csv").read_text()
     assert "'=HYPERLINK" in text and "'+cmd" in text and csv_cell("bird") == "bird"
+
+
+# ---- 6, 7: calibrated predictions from Python; what a new user tripped over -------------------------------------
+def test_open_run_predicts_what_the_cli_prints(best_run, tmp_path):
+    from cskd_fastai import open_run
+    from cskd_fastai.predict import predict_files
+    images = sorted((best_run / "examples").glob("*.png"))[:3]
+    run = open_run(best_run)
+    one, many = run.predict(images[0]), run.predict(images, coverage=0.5)
+    cli_rows = predict_files(best_run, images)
+    assert one["top"] == cli_rows[0]["top"] and [r["top"] for r in many] == [r["top"] for r in cli_rows]
+    assert one["T"] == cli_rows[0]["T"] == run.T and "T =" in run.temperature_note
+    assert all("set" in r for r in many)
+
+
+def test_the_demo_applies_the_exact_fitted_temperature_and_says_each_thing_once(best_run):
+    import math
+    from cskd_fastai.app import applied_T, calibration_markdown, confidence_markdown
+    from cskd_fastai.serving import load_model
+    e = load_model(best_run)
+    e.temperature = 0.9                                                 # a fitted T the 0.01 log-steps cannot hit
+    assert applied_T(e, round(math.log10(0.9), 2)) == 0.9 and applied_T(e, 0.0) == 1.0
+    z = e.test[0][0]
+    assert "at T = 1 (" not in confidence_markdown(e, z, 1.0) and "at T = 0.9 (" in confidence_markdown(e, z, 0.9)
+    one = calibration_markdown(e, 1.0)
+    assert one.count("T = 1") == 1 and "no scaling" in one
+
+
+def test_predicts_temperature_note_only_when_it_applies(best_run, caplog):
+    import logging
+    from cskd_fastai.serving import load_model
+    e = load_model(best_run)
+    if e.fit.trusted: pytest.skip("this run's fitted T is trusted: there is no note to show")
+    images = sorted((best_run / "examples").glob("*.png"))[:1]
+    for t, shown in (("fitted", True), ("none", False), ("2", False)):
+        caplog.clear()
+        with caplog.at_level(logging.WARNING): cli("predict", best_run, *images, "--temperature", t)
+        assert ("is not applied" in caplog.text) == shown, (t, caplog.text)
+
+
+def test_compare_labels_the_validation_split(best_run):
+    code, out = cli("compare", best_run, "--split", "valid")
+    assert code == 0 and out.startswith("**validation split**") and "(never on test)" not in out, out
