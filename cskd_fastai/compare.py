@@ -59,7 +59,7 @@ def _scores(p: Path, split: str, metrics: dict) -> dict:
         cs = prediction_sets((vz / T).softmax(1).numpy(), vy.numpy(), (z / T).softmax(1).numpy(), 0.9, "lac")
         m = set_metrics(cs.sets, y.numpy())
         out.update(cov90=m["coverage"], size90=m["mean_size"])
-    except ValueError: out.update(cov90=float("nan"), size90=float("nan"))   # too few validation images for 90%
+    except ValueError: out.update(cov90=None, size90=None)   # too few validation images for 90%: shown as —
     return out
 
 
@@ -97,7 +97,7 @@ def summarize(rows: list[dict]) -> list[dict]:
             diff = [k for i, k in enumerate(GROUP_FACTS[_SHOWN:], _SHOWN) if len({t[i] for t in twins}) > 1]
             row["method"] = f"{row['method']} [{', '.join(f'{k}={key[GROUP_FACTS.index(k)]}' for k in diff)}]"
         for k in METRIC_COLUMNS:
-            v = np.array([r[k] for r in rs], dtype=float)
+            v = np.array([np.nan if r.get(k) is None else r[k] for r in rs], dtype=float)
             row[k] = float(v.mean()); row[k + "_std"] = float(v.std(ddof=1)) if len(v) > 1 else 0.0
         out.append(row)
     return sorted(out, key=lambda r: (str(r["recipe"]), str(r["dataset"]), str(r["model"]), str(r["epochs"]), r["method"]))
@@ -105,6 +105,7 @@ def summarize(rows: list[dict]) -> list[dict]:
 
 def _fmt(r: dict, k: str) -> str:
     "The mean, with ± the std over seeds when there is more than one seed."
+    if not np.isfinite(r[k]): return "—"
     if not k.endswith("_err") and k.startswith("size"):
         return f"{r[k]:.2f} ± {r[k + '_std']:.2f}" if r["seeds"] > 1 else f"{r[k]:.2f}"
     pct = k.endswith("_err")

@@ -88,7 +88,7 @@ def finish_run(recipe: Recipe, run_dir: Path, data: ImageDataset, learn, dls, n_
     if recipe.train.cache != "none":   # the export predicts on image files: give it the plain (decoding) pipeline
         learn.dls = build_dls(data, recipe.dataset, tc, recipe.seed, paired=False, device=dls.device)
     R.save_hashed(lambda t: learn.export(Path(t).resolve()), run_dir, R.EXPORT)
-    R.save_weights(run_dir, D.unwrap(learn.model))   # what eval/predict/demo load: tensors only, no pickle
+    R.save_weights(run_dir, D.unwrap(learn.model), data.classes)   # what eval/predict/demo load: no pickle
     write_examples(run_dir, data.test.items, data.test.labels, data.classes)
     try: plots(run_dir, splits["test"], meth.run_label)
     except OSError as e:

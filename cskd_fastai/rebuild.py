@@ -1,6 +1,6 @@
 """A finished run's model without unpickling anything from its directory: the learner is rebuilt from the recorded
-recipe (architecture, image size, augmentation's inference transforms, normalisation) and the class list of its
-logits, and the weights come from `model.safetensors` (tensors only, hash-verified). A run directory copied in from
+recipe (architecture, image size, augmentation's inference transforms, normalisation), and the weights and the
+class list of their outputs come from `model.safetensors` (tensors only, hash-verified). A run directory copied in from
 someone else can then be evaluated, served and distilled from without running its code: `export.pkl`, a pickle,
 stays for users of fastai's `load_learner`, who must trust it.
 
@@ -17,7 +17,7 @@ from .datasets import ImageDataset, ImageSplit
 from .learner import plain_learner
 from .pipeline import build_dls
 from .recipe import recipe_of_run
-from .rundir import WEIGHTS, RunDirError, load_logits, load_run, load_run_learner, load_weights
+from .rundir import WEIGHTS, RunDirError, load_run, load_run_learner, load_weights
 
 __all__ = ["rebuild_learner", "teacher_from_run"]
 
@@ -31,7 +31,7 @@ def _placeholder_data(name: str, classes: list, size: int) -> ImageDataset:
 
 def rebuild_learner(run_dir, cpu: bool = True):
     """The run's final model in a learner whose `dls.test_dl` applies the run's inference transforms, built from
-    recipe.yaml and logits.pt's class list, with the weights of model.safetensors; no pickle is loaded."""
+    recipe.yaml, with the weights and class list of model.safetensors; no pickle is loaded."""
     run_dir = Path(run_dir)
     run = load_run(run_dir)
     if not (run_dir / WEIGHTS).exists():
@@ -39,8 +39,8 @@ def rebuild_learner(run_dir, cpu: bool = True):
                       f"pickle, after its hash check; retrain it to serve it without unpickling", UserWarning, stacklevel=2)
         return load_run_learner(run_dir, cpu=cpu)
     recipe = recipe_of_run(run.recipe)
-    _, _, classes = load_logits(run_dir, "test")
-    if not classes: raise RunDirError(f"run dir {run_dir}: logits.pt names no classes; retrain the run")
+    state, classes = load_weights(run_dir)   # the class names ride in the weights file, hashed with them
+    if not classes: raise RunDirError(f"run dir {run_dir}: {WEIGHTS} names no classes; retrain the run")
     # the inference transforms depend on image size and augmentation only; valid_pct 0.5 splits the placeholders
     cfg = recipe.dataset.model_copy(update=dict(valid_pct=0.5, train_per_class=None))
     tc = recipe.train.model_copy(update=dict(cache="none", workers=0, bs=2, drop_last=False))
@@ -49,7 +49,6 @@ def rebuild_learner(run_dir, cpu: bool = True):
     from .models import resolve_arch
     learn = plain_learner(dls, resolve_arch(recipe.model.arch, recipe.model.head), pretrained=False,
                           loss_func=recipe.method.loss_func())
-    state = load_weights(run_dir)
     try: learn.model.load_state_dict(state)
     except RuntimeError as e:
         raise RunDirError(f"run dir {run_dir}: {WEIGHTS} does not fit the model its recipe.yaml describes "

@@ -83,6 +83,7 @@ def test_old_runs_with_loader_ordered_classes_still_load(tiny_imagenet_run, tmp_
     from cskd_fastai.app import load_models
     run, _ = tiny_imagenet_run
     old = tmp_path / "old"; shutil.copytree(run, old)
+    (old / "model.safetensors").unlink()                             # trained before weight files: served from its export
     d = torch.load(old / "logits.pt", weights_only=True)
     d["classes"] = d["classes"][::-1]
     torch.save(d, old / "logits.pt")
@@ -295,8 +296,11 @@ def test_unreadable_files_name_themselves(small_run, tmp_path):
     _one_error_line(*cli("eval", run), str(run / "metrics.json"), "corrupt")
     _one_error_line(*cli("compare", run), str(run / "metrics.json"), "corrupt")
     run = _copy(small_run, tmp_path / "x")
+    data = (run / "model.safetensors").read_bytes(); (run / "model.safetensors").write_bytes(data[:100])
+    _one_error_line(*cli("eval", run), str(run / "model.safetensors"), "does not match")
     data = (run / "export.pkl").read_bytes(); (run / "export.pkl").write_bytes(data[:100])
-    _one_error_line(*cli("eval", run), str(run / "export.pkl"), "does not match")
+    from cskd_fastai.rundir import load_run_learner                   # fastai's export, for load_learner users
+    with pytest.raises(RunDirError, match="export.pkl does not match"): load_run_learner(run)
     run = _copy(small_run, tmp_path / "l")
     (run / "logits.pt").write_bytes(b"garbage")
     _one_error_line(*cli("demo", run), str(run / "logits.pt"))

@@ -17,7 +17,7 @@ def python_blocks() -> list[str]:
 def test_readme_quickstart_runs(tmp_path):
     blocks = python_blocks()
     assert blocks, "README has no python block"
-    r = subprocess.run([sys.executable, "-c", blocks[0]], cwd=tmp_path, capture_output=True, text=True, timeout=240,
+    r = subprocess.run([sys.executable, "-c", blocks[0]], cwd=tmp_path, capture_output=True, text=True, timeout=480,
                        env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert r.returncode == 0, r.stderr[-3000:]
     # nothing from this package warns (torch's jit notice about fastai's import and fastai's pickle notice for

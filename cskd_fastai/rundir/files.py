@@ -140,18 +140,25 @@ def load_checkpoint(run_dir) -> dict:
 
 
 # ---- the final model's weights: a format that cannot run code --------------------------------------------------
-def save_weights(run_dir, model) -> None:
-    "The final model's state dict as safetensors (tensors only: loading it cannot run code), atomic and hashed."
+def save_weights(run_dir, model, classes) -> None:
+    """The final model's state dict as safetensors (tensors only: loading it cannot run code), atomic and hashed,
+    with the class names of its outputs in the file's metadata (hashed with the weights)."""
     from safetensors.torch import save_file
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    save_hashed(lambda t: save_file(state, str(t)), run_dir, WEIGHTS)
+    meta = {"classes": json.dumps([str(c) for c in classes])}
+    save_hashed(lambda t: save_file(state, str(t), metadata=meta), run_dir, WEIGHTS)
 
 
-def load_weights(run_dir) -> dict:
-    "The run's final weights (verified bytes, parsed as safetensors: no code runs); one `RunDirError` line otherwise."
+def load_weights(run_dir) -> tuple[dict, list]:
+    """(state dict, class names) of the run's final weights: verified bytes, parsed as safetensors (no code runs);
+    one `RunDirError` line otherwise."""
     from safetensors.torch import load as load_safetensors
+    f = Path(run_dir) / WEIGHTS
     data = read_verified(run_dir, WEIGHTS)
-    try: return load_safetensors(data)
+    try:
+        n = int.from_bytes(data[:8], "little")                      # the format's header: its length, then JSON
+        meta = json.loads(data[8:8 + n]).get("__metadata__") or {}
+        return load_safetensors(data), json.loads(meta.get("classes", "[]"))
     except Exception as e:
-        raise RunDirError(f"cannot read {Path(run_dir) / WEIGHTS} ({type(e).__name__}: {' '.join(str(e).split())[:160]}); "
+        raise RunDirError(f"cannot read {f} ({type(e).__name__}: {' '.join(str(e).split())[:160]}); "
                           f"restore it or retrain the run") from None
