@@ -50,9 +50,14 @@ def _scores(p: Path, split: str, metrics: dict) -> dict:
     from .metrics.functional import calibration_error, classification_metrics, nll
     from .rundir import load_logits
     z, y, _ = load_logits(p, split)
+    vz, vy, _ = load_logits(p, "valid")
+    for name, (a, b) in ((split, (z, y)), ("valid", (vz, vy))):
+        shaped = a.ndim == 2 and b.ndim == 1 and len(a) == len(b)
+        if not shaped or not bool(a.isfinite().all()):
+            what = "not finite" if shaped else f"of shape {tuple(a.shape)} for {tuple(b.shape)} labels"
+            raise RunDirError(f"run dir {p}: logits.pt's {name} logits are {what}; restore the file or retrain the run")
     out = classification_metrics(z, y)
     check_agrees(p, split, metrics, out)
-    vz, vy, _ = load_logits(p, "valid")
     T = fit_temperature_checked(vz, vy).T
     out.update(ece_ts=float(calibration_error(z / T, y)), nll_ts=float(nll(z / T, y)), T=T)
     try:

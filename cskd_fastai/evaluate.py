@@ -21,7 +21,7 @@ def evaluate_run(run_dir, data_root: Optional[str] = None) -> dict:
     its conformal prediction sets on them (`sets.run_conformal`: calibrated on the validation split)."""
     from .pipeline import load_data
     run = load_run(run_dir)
-    recipe = recipe_of_run(run.recipe)
+    recipe = recipe_of_run(run.recipe, str(Path(run_dir) / "recipe.yaml"))
     data = load_data(recipe.dataset, data_root)
     learn = rebuild_learner(run_dir)
     vocab = [str(v) for v in learn.dls.vocab]

@@ -38,7 +38,7 @@ def rebuild_learner(run_dir, cpu: bool = True):
         warnings.warn(f"{run_dir} has no {WEIGHTS} (trained before weight files existed): loading its export.pkl, a "
                       f"pickle, after its hash check; retrain it to serve it without unpickling", UserWarning, stacklevel=2)
         return load_run_learner(run_dir, cpu=cpu)
-    recipe = recipe_of_run(run.recipe)
+    recipe = recipe_of_run(run.recipe, str(Path(run_dir) / "recipe.yaml"))
     state, classes = load_weights(run_dir)   # the class names ride in the weights file, hashed with them
     if not classes: raise RunDirError(f"run dir {run_dir}: {WEIGHTS} names no classes; retrain the run")
     # the inference transforms depend on image size and augmentation only; valid_pct 0.5 splits the placeholders

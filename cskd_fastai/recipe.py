@@ -141,9 +141,16 @@ class Recipe(_Strict):
     def to_yaml(self) -> str: return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
 
 
-def recipe_of_run(data: dict) -> Recipe:
+def recipe_of_run(data: dict, src: str = "recipe.yaml") -> Recipe:
     """The `Recipe` of a run directory's recipe.yaml. Runs written before methods had configs of their own stored
-    every method field on every method (`lam` on `ce`, say): keys a method does not know are dropped for them."""
+    every method field on every method (`lam` on `ce`, say): keys a method does not know are dropped for them.
+    A recipe that still does not validate is one `RecipeError` line naming `src` and the first bad key."""
+    try: return _recipe_of_run(data)
+    except ValidationError as e: raise RecipeError(_fmt_error(f"{src} (not a valid recipe: restore it or retrain the run)", e)) from None
+    except (TypeError, AttributeError): raise RecipeError(f"{src}: not a recipe mapping; restore it or retrain the run") from None
+
+
+def _recipe_of_run(data: dict) -> Recipe:
     try: return Recipe.model_validate(data)
     except ValidationError:
         data = copy.deepcopy(data)

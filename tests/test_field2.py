@@ -317,3 +317,40 @@ def test_predicts_temperature_note_only_when_it_applies(best_run, caplog):
 def test_compare_labels_the_validation_split(best_run):
     code, out = cli("compare", best_run, "--split", "valid")
     assert code == 0 and out.startswith("**validation split**") and "(never on test)" not in out, out
+
+
+@pytest.mark.parametrize("damage, words", [("nan", "not finite"), ("shape", "of shape")])
+def test_compare_names_the_run_with_broken_logits(best_run, tmp_path, damage, words):
+    run = shutil.copytree(best_run, tmp_path / "l")
+    d = torch.load(run / "logits.pt", weights_only=True)
+    if damage == "nan": d["test"]["logits"][0, 0] = float("nan")
+    else: d["test"]["logits"] = d["test"]["logits"][:-1]
+    torch.save(d, run / "logits.pt")
+    _one_error_line(*cli("compare", run), str(run), words)
+
+
+def test_a_garbage_recipe_yaml_is_one_line_naming_it(best_run, tmp_path):
+    run = shutil.copytree(best_run, tmp_path / "g")
+    (run / "recipe.yaml").write_text(yaml.safe_dump({"name": "x", "dataset": 3, "model": {}, "train": {}}))
+    _one_error_line(*cli("eval", run), "recipe.yaml", "not a valid recipe")
+
+
+def test_an_unknown_architecture_in_python_lists_the_names(tmp_path):
+    from conftest import make_dls, write_folder
+    from cskd_fastai import cskd_learner
+    dls = make_dls(write_folder(tmp_path, {"train": {"a": 3, "b": 3}, "test": {"a": 1, "b": 1}}), paired=False)
+    with pytest.raises(ValueError, match="unknown architecture 'resnet181'.*efficientnet_lite0.*timm"):
+        cskd_learner(dls, "resnet181")
+
+
+def test_the_freeze_warning_points_at_the_callers_line(tmp_path):
+    import warnings
+    from conftest import make_dls, write_folder
+    from cskd_fastai import plain_learner
+    dls = make_dls(write_folder(tmp_path, {"train": {"a": 3, "b": 3}, "test": {"a": 1, "b": 1}}), paired=False)
+    learn = plain_learner(dls, "resnet18", pretrained=False)
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter("always")
+        learn.freeze()
+    hits = [x for x in w if "randomly initialised body" in str(x.message)]
+    assert hits and hits[0].filename == __file__, hits[0].filename if hits else w
