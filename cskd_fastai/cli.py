@@ -86,6 +86,8 @@ def train(recipe: Path = typer.Argument(..., help="recipe YAML, e.g. recipes/qui
         from .train import plan_runs, train_recipe
         if out.exists() and not out.is_dir():   # before the data is loaded, not after
             raise ValueError(f"--out {out} is a file; pass a folder (it is created if missing)")
+        bad = [s for s in seed or [] if not 0 <= s < 2 ** 32]
+        if bad: raise ValueError(f"--seed {bad[0]}: seeds are whole numbers from 0 to 2^32 - 1")
         sets = list(set_) + ([f"seeds=[{','.join(map(str, seed))}]"] if seed else [])
         r = load_recipe(recipe, sets)
         if nproc is not None and not distributed: raise ValueError("--nproc needs --distributed")
@@ -162,6 +164,8 @@ def compare(run_dirs: List[Path] = typer.Argument(..., help="run directories or 
     def _do():
         from .compare import collect, summarize, to_csv, to_markdown
         if split not in ("test", "valid"): raise ValueError(f"--split must be test or valid, got {split!r}")
+        if csv is not None and not csv.parent.is_dir():   # before reading every run, not after
+            raise ValueError(f"--csv {csv}: the folder {csv.parent} does not exist; create it or pick another path")
         s = summarize(collect(run_dirs, split))
         typer.echo(to_markdown(s, split=split))
         if csv: to_csv(s, csv); typer.echo(f"wrote {csv}")

@@ -254,7 +254,8 @@ def test_an_empty_class_folder_is_dropped_with_a_warning_naming_it(tmp_path):
 def test_cli_input_errors_are_one_line_naming_the_option(tmp_path, data_dir):
     recipe = _recipe(tmp_path / "r.yaml", "tiny", "imagefolder", data_dir)
     _one_error_line(*cli("train", tmp_path, "--out", tmp_path / "o"), "is a directory")
-    _one_error_line(*cli("train", recipe, "--seed", "-1", "--out", tmp_path / "o"), "seeds.0", "greater than or equal to 0")
+    _one_error_line(*cli("train", recipe, "--seed", "-1", "--out", tmp_path / "o"), "--seed -1", "from 0 to 2^32 - 1")
+    _one_error_line(*cli("compare", recipe.parent, "--csv", tmp_path / "no" / "t.csv"), "--csv", "does not exist")
     (tmp_path / "afile").write_text("x")
     _one_error_line(*cli("train", recipe, "--out", tmp_path / "afile"), "--out", "is a file")
     for key in ("train.lr", "train.wd"):
