@@ -37,11 +37,10 @@ class RunModel:
         """Top-`k` [(class, probability at T)] of one image (a dict) or of a list of images (a list of dicts), with
         `set` ([(class, probability)]) at `coverage` when asked (calibrated on the validation split)."""
         from .metrics.calibration import apply_temperature
-        from .serving import predict_logits
+        from .serving import predict_logits, top_k
         one = not isinstance(images, (list, tuple))
         logits = predict_logits(self.entry, [images] if one else list(images))
-        p, c = apply_temperature(logits, self.T).topk(min(int(k), len(self.classes)), dim=1)
-        rows = [dict(T=self.T, top=[(self.classes[int(ci)], float(pi)) for pi, ci in zip(pr, cr)]) for pr, cr in zip(p, c)]
+        rows = [dict(T=self.T, top=list(top_k(p, self.classes, k).items())) for p in apply_temperature(logits, self.T)]
         if coverage is not None:
             from .sets import SetPredictor
             for row, s in zip(rows, SetPredictor(self.entry, coverage, score, classwise).sets(logits)): row["set"] = s
