@@ -38,6 +38,10 @@ def evaluate_run(run_dir, data_root: Optional[str] = None) -> dict:
     # prediction sets calibrated on the stored validation logits (never test), at the temperature they support
     vz, vy, _ = load_logits(run_dir, "valid")
     T = fit_temperature_checked(vz, vy).T
+    from .metrics.selective import selective_metrics
     from .sets import run_conformal
     return dict(run=str(Path(run_dir)), n_test=len(labels), test=classification_metrics(logits, labels),
+                selective={"T=1": selective_metrics(logits.numpy(), labels.numpy()),
+                           f"T={T:.3g} (fitted on valid)" if T != 1 else "T fitted (= 1)":
+                               selective_metrics(logits.numpy(), labels.numpy(), T)},
                 conformal=run_conformal((vz, vy), (logits, labels), T))

@@ -115,7 +115,9 @@ def test_eval_and_compare_report_coverage_and_set_size(run):
     path, _ = run
     code, out = cli("eval", path)
     assert code == 0, out
-    conf = json.loads(out[out.index("{"):])["conformal"]
+    report = json.loads(out[out.index("{"):])
+    assert {"aurc", "e_aurc", "augrc", "risk_at_90", "coverage_at_5"} <= set(report["selective"]["T=1"])   # issue #39
+    conf = report["conformal"]
     assert conf["n_calibration"] == 30 and set(conf["lac"]) == {"0.9", "0.95"}
     for name in ("lac", "aps_randomized", "raps_randomized", "lac_classwise"):
         for c in ("0.9", "0.95"):
