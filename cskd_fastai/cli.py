@@ -159,7 +159,9 @@ def predict(run_dir: Path = typer.Argument(..., help="a finished run directory")
 @app.command()
 def compare(run_dirs: List[Path] = typer.Argument(..., help="run directories or folders that contain them"),
             csv: Optional[Path] = typer.Option(None, "--csv", help="also write the table as CSV here"),
-            split: str = typer.Option("test", "--split", help="test, or valid (choose settings on valid, never on test)")):
+            split: str = typer.Option("test", "--split", help="test, or valid (choose settings on valid, never on test)"),
+            sets: bool = typer.Option(False, "--sets", help="also a table of conformal prediction sets: coverage, mean and "
+                                      "median size at 90% and 95%, worst-class coverage of the class-conditional form")):
     "One table of test top-1/top-5 error, ECE and NLL (mean ± std over seeds) per dataset/model/method."
     def _do():
         from .compare import collect, summarize, to_csv, to_markdown
@@ -168,6 +170,9 @@ def compare(run_dirs: List[Path] = typer.Argument(..., help="run directories or 
             raise ValueError(f"--csv {csv}: the folder {csv.parent} does not exist; create it or pick another path")
         s = summarize(collect(run_dirs, split))
         typer.echo(to_markdown(s, split=split))
+        if sets:
+            from .compare import set_table
+            typer.echo("\n" + set_table(run_dirs, split))
         if csv: to_csv(s, csv); typer.echo(f"wrote {csv}")
     _guard(_do)
 

@@ -137,3 +137,37 @@ def to_csv(summary: list[dict], path: Path) -> None:
     cols = ["recipe", "dataset", "model", "method", "epochs", "seeds"] + [c for k in METRIC_COLUMNS for c in (k, k + "_std")]
     with open(path, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=cols); w.writeheader(); w.writerows({c: r[c] for c in cols} for r in summary)
+
+
+SET_COLUMNS = [(f"{name}_{c}_{m}", name, c, m) for c in ("0.9", "0.95")
+               for name, m in (("lac", "coverage"), ("lac", "mean_size"), ("lac", "median_size"),
+                               ("lac_classwise", "worst_class_coverage"))]
+
+
+def set_table(paths: Iterable, split: str = "test") -> str:
+    """`compare --sets`: per setting (mean over seeds) the coverage, mean and median size of LAC sets at 90% and 95%
+    and the worst class's coverage of the class-conditional form, calibrated on the validation split at the fitted T
+    and measured on `split` (one draw: the splits as they are; docs/results.md §8 has the 100-draw protocol)."""
+    from .metrics.calibration import fit_temperature_checked
+    from .rundir import load_logits
+    from .sets import run_conformal
+    groups, notes = {}, set()
+    for p in finished_runs(paths):
+        r = load_run(p)
+        vz, vy, _ = load_logits(p, "valid"); z, y, _ = load_logits(p, split)
+        rep = run_conformal((vz, vy), (z, y), fit_temperature_checked(vz, vy).T, scores=("lac",))
+        key = (r.facts.get("recipe", "?"), r.label)
+        groups.setdefault(key, []).append([rep[n][c].get(m, np.nan) for _, n, c, m in SET_COLUMNS])
+        notes |= {f"{r.label}: {rep['lac_classwise'][c]['note']}" for c in ("0.9", "0.95")
+                  if rep["lac_classwise"][c].get("note")}
+    heads = [f"{'LAC' if n == 'lac' else 'class-cond.'} {float(c):.0%} {m.replace('_', ' ')}" for _, n, c, m in SET_COLUMNS]
+    lines = ["| recipe | method | seeds | " + " | ".join(heads) + " |", "|---" * (len(heads) + 3) + "|"]
+    for (recipe, label), vals in sorted(groups.items()):
+        a = np.array(vals, dtype=float)
+        mean = [float(np.mean(col[np.isfinite(col)])) if np.isfinite(col).any() else np.nan for col in a.T]
+        cells = ["—" if not np.isfinite(v) else f"{v:.3f}" for v in mean]
+        lines.append(f"| {recipe} | {label} | {len(vals)} | " + " | ".join(cells) + " |")
+    lines += ["", *sorted(f"- {n}" for n in notes)] if notes else []
+    return "\n".join(lines + ["", f"Prediction sets calibrated on the validation split at the fitted T, measured on the "
+                              f"{split} split; '—': the validation split is too small for that coverage. The guarantee "
+                              f"holds for images exchangeable with the validation split."])

@@ -127,6 +127,11 @@ def test_eval_and_compare_report_coverage_and_set_size(run):
             else: assert 0 <= m["coverage"] <= 1 and 0 <= m["mean_size"] <= 3 and "worst_class_coverage" in m
     code, out = cli("compare", path)
     assert code == 0 and "cov@90" in out and "size@90" in out and "calibrated on the validation split" in out, out
+    code, out = cli("compare", path, "--sets")
+    row = next(l for l in out.splitlines() if l.startswith("| tiny | ce |"))
+    cells = [c.strip() for c in row.strip("|").split("|")][3:]
+    assert "LAC 95% median size" in out and "class-cond. 90% worst class coverage" in out and len(cells) == 8
+    assert float(cells[0]) == pytest.approx(conf["lac"]["0.9"]["coverage"], abs=1e-3)     # the same sets as eval's
 
 
 def test_predict_writes_each_images_set_and_the_python_api_agrees(run, tmp_path):
