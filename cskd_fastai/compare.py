@@ -45,7 +45,7 @@ def check_agrees(p: Path, split: str, stored: dict, recomputed: dict) -> None:
 def _scores(p: Path, split: str, metrics: dict) -> dict:
     """The table's numbers for one run, every one from its stored logits (metrics.json must agree with them: a
     changed file is refused, never shown beside numbers from the other), plus the temperature-scaled ones."""
-    from .metrics.calibration import fit_temperature_checked
+    from .metrics.calibration import apply_temperature, fit_temperature_checked
     from .metrics.conformal import prediction_sets, set_metrics
     from .metrics.functional import calibration_error, classification_metrics, nll
     from .rundir import load_logits
@@ -61,7 +61,7 @@ def _scores(p: Path, split: str, metrics: dict) -> dict:
     T = fit_temperature_checked(vz, vy).T
     out.update(ece_ts=float(calibration_error(z / T, y)), nll_ts=float(nll(z / T, y)), T=T)
     try:
-        cs = prediction_sets((vz / T).softmax(1).numpy(), vy.numpy(), (z / T).softmax(1).numpy(), 0.9, "lac")
+        cs = prediction_sets(apply_temperature(vz, T).numpy(), vy.numpy(), apply_temperature(z, T).numpy(), 0.9, "lac")
         m = set_metrics(cs.sets, y.numpy())
         out.update(cov90=m["coverage"], size90=m["mean_size"])
     except ValueError: out.update(cov90=None, size90=None)   # too few validation images for 90%: shown as —
