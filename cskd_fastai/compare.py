@@ -30,16 +30,22 @@ EXPLAIN = ("Errors in %; ± is the sample std over seeds (no ± with one seed). 
 
 
 # How far a number in metrics.json may sit from the same number recomputed from logits.pt (float32 sums in
-# another order); anything further means one of the two files was changed after `train` wrote them.
+# another order), or from an archived run's float16 logits.npz (`rundir.compact.COMPACT_TOL`); anything further means
+# one of the two files was changed after `train` wrote them.
 AGREE_TOL = 1e-4
 
 
 def check_agrees(p: Path, split: str, stored: dict, recomputed: dict) -> None:
     "One `RunDirError` line naming the run and the metric when metrics.json disagrees with the stored logits."
+    from .rundir import LOGITS
+    from .rundir.compact import COMPACT_LOGITS, COMPACT_TOL
+    compact = not (Path(p) / LOGITS).exists() and (Path(p) / COMPACT_LOGITS).exists()
     for k, v in recomputed.items():
-        if k in stored and not (isinstance(stored[k], (int, float)) and abs(float(stored[k]) - v) <= AGREE_TOL):
-            raise RunDirError(f"run dir {p}: metrics.json says {split} {k} = {stored[k]!r} but its logits.pt gives "
-                              f"{v:.6g}; one of the two was changed after training: restore the run or retrain it")
+        tol = COMPACT_TOL.get(k, AGREE_TOL) if compact else AGREE_TOL
+        if k in stored and not (isinstance(stored[k], (int, float)) and abs(float(stored[k]) - v) <= tol):
+            raise RunDirError(f"run dir {p}: metrics.json says {split} {k} = {stored[k]!r} but its "
+                              f"{COMPACT_LOGITS if compact else LOGITS} gives {v:.6g}; one of the two was changed "
+                              f"after training: restore the run or retrain it")
 
 
 def _scores(p: Path, split: str, metrics: dict) -> dict:
@@ -58,6 +64,8 @@ def _scores(p: Path, split: str, metrics: dict) -> dict:
             raise RunDirError(f"run dir {p}: logits.pt's {name} logits are {what}; restore the file or retrain the run")
     out = classification_metrics(z, y)
     check_agrees(p, split, metrics, out)
+    # shown: the numbers `train` computed from the float32 logits (an archived run keeps float16 ones)
+    out.update({k: float(metrics[k]) for k in out if k in metrics})
     T = fit_temperature_checked(vz, vy).T
     out.update(ece_ts=float(calibration_error(z / T, y)), nll_ts=float(nll(z / T, y)), T=T)
     try:

@@ -11,6 +11,7 @@ from typing import Iterable
 import torch
 
 from ..safeio import save_atomic
+from .compact import COMPACT_LOGITS, load_compact
 from .files import DONE, EXPORT, LOGITS, METRICS, RECIPE, RunDirError, read_json, read_verified, read_yaml
 
 __all__ = ["Run", "load_run", "load_logits", "save_logits", "load_run_learner", "find_runs", "finished_runs", "is_done",
@@ -74,7 +75,10 @@ def save_logits(run_dir, splits: dict, classes) -> Path:
 
 
 def load_logits(path, split: str = "test") -> tuple[torch.Tensor, torch.Tensor, list]:
-    "(logits, labels, classes) stored for `split` ('valid' or 'test')."
+    """(logits, labels, classes) stored for `split` ('valid' or 'test'): a live run's `logits.pt`, or an archived
+    run's `logits.npz` (`rundir.compact`) where that is all there is."""
+    if not (Path(path) / LOGITS).exists() and (Path(path) / COMPACT_LOGITS).exists():
+        return _load_compact_split(Path(path), split)
     f = need_file(Path(path), LOGITS, "stored logits")
     try: d = torch.load(f, map_location="cpu", weights_only=True)   # tensors and lists only: no code runs
     except Exception as e:
@@ -83,6 +87,17 @@ def load_logits(path, split: str = "test") -> tuple[torch.Tensor, torch.Tensor, 
     if not isinstance(d, dict): raise RunDirError(f"{f} is not a logits file of `cskd-fastai train`")
     if split not in d: raise RunDirError(f"run dir {path}: {LOGITS} has no {split!r} split (has {sorted(d)})")
     return d[split]["logits"].float(), d[split]["labels"].long(), list(d.get("classes", []))
+
+
+def _load_compact_split(path: Path, split: str):
+    f = path / COMPACT_LOGITS
+    try: d = load_compact(f)
+    except Exception as e:
+        raise RunDirError(f"cannot read {f} ({type(e).__name__}: {' '.join(str(e).split())[:160]}); restore it "
+                          f"from git or retrain the run") from None
+    if split not in d: raise RunDirError(f"run dir {path}: {COMPACT_LOGITS} has no {split!r} split")
+    z, y = d[split]
+    return torch.from_numpy(z), torch.from_numpy(y), d["classes"]
 
 
 def load_run_learner(path, cpu: bool = True):
