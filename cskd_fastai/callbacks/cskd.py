@@ -50,9 +50,14 @@ class CSKD(KDCallback):
     `cskd_fastai.variants.VARIANTS` with paired partners: its partner source and KD term (`losses.KD_TERMS`)
     * 'decoupled': λ·T²·(tckd_weight·TCKD + nckd_weight·NCKD) of KL(partner ‖ anchor) (`losses.decoupled`): with
       tckd_weight 0 the class-similarity part stays and the confidence penalty of unfit partners goes.
-    * 'gated': each anchor's KD term times the partner's informativeness 1 - H(p_partner^T)/log C.
+    * 'gated': each anchor's KD term times the partner's informativeness 1 - H(p_partner^T)/log C (weighting a
+      distillation term per sample by its target's confidence is a common device in KD; the gate on CS-KD's
+      class-wise target is ours).
     * 'in_batch': no separate partner pass: one forward over the 2B paired images, CE on all of them, and the
-      KD term between the two members of each pair in both directions, the target side detached."""
+      KD term between the two members of each pair in both directions, the target side detached (asked in
+      alinlab/cs-kd#3). Distilling between samples of one batch has prior art in BAKE (Ge et al.,
+      "Self-distillation with Batch Knowledge Ensembling Improves ImageNet Classification", 2021), which
+      ensembles the predictions of similar samples in the batch; here the partner is a same-class image."""
     # KDCallback.order: split the batch before MixUp/CutMix mix it
     stat_names = ("train_ce", "train_kd", "cskd_lam", "partner_conf", "partner_entropy", "anchor_conf")
     n_sums = 6   # sums of CE, KD, partner confidence, partner entropy at T, anchor confidence; then the count

@@ -10,6 +10,13 @@ CE's costs; the store holds N x C numbers (50k x 100 floats = 20 MB for CIFAR-10
 ImageNet, half with `store_dtype=torch.float16`). Partner predictions are up to one epoch old, and in the first
 epoch a partner not yet seen contributes no term (its anchor's KD term is 0).
 
+Prior art, and what is borrowed: distilling from the model's own past predictions kept per sample is PS-KD's; close
+to it are Online Label Smoothing (Zhang et al., "Delving Deep into Label Smoothing", IEEE TIP 2021: each class's average
+prediction of the last epoch as its soft label), Learning with Retrospection (Deng & Zhang, AAAI 2021: the last
+epoch's predictions as targets) and DLB (Shen et al., CVPR 2022: the previous iteration's logits
+of the same samples). What is this project's: CS-KD's class-wise pairing (a uniformly drawn *other* sample of the
+class, not the sample itself or the class mean) read from such a store, with the gate below.
+
 `gated=True` (default) scales each anchor's term by the partner's informativeness 1 - H(softmax(partner/T))/log C,
 as `CSKD(variant='gated')` does: near-uniform partner targets then stop acting as a confidence penalty.
 Under multi-process training every rank's store receives every rank's predictions each step (as `PSKD`'s).

@@ -1,0 +1,100 @@
+"""The README and docs/ describe what exists: every command, recipe, script and link they name resolves, the README
+stays one screen, and the results summary is the one the archived runs give (one source per number)."""
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+README = ROOT / "README.md"
+DOCS = [README, ROOT / "CONTRIBUTING.md", *sorted((ROOT / "docs").glob("*.md"))]
+
+
+def slug(heading: str) -> str:
+    "GitHub's anchor for a heading: lower case, punctuation dropped, spaces to hyphens."
+    s = re.sub(r"[^\w\- ]", "", heading.strip().lower().replace("`", ""))
+    return s.replace(" ", "-")
+
+
+def anchors(md: Path) -> set:
+    return {slug(h) for h in re.findall(r"(?m)^#+ (.+)$", md.read_text(encoding="utf-8"))}
+
+
+def test_slug_matches_githubs_rule():
+    assert slug("Prior art: what is borrowed and what is this project's") == "prior-art-what-is-borrowed-and-what-is-this-projects"
+    assert slug("Which method? The decision table") == "which-method-the-decision-table"
+
+
+def test_readme_is_one_screen_with_the_promised_sections():
+    text = README.read_text(encoding="utf-8")
+    assert len(text.splitlines()) <= 150
+    heads = re.findall(r"(?m)^## (.+)$", text)
+    for h in ("What CS-KD is", "Install", "The main command", "In your fastai code", "Methods at a glance",
+              "Which method? The decision table", "Documentation", "Tests", "Citation", "Licence"):
+        assert h in heads, h
+    first_python = re.search(r"```python\n(.*?)```", text, flags=re.S).group(1)
+    assert "fine_tune(" in first_python and "efficientnet_lite0" in first_python   # the lesson-one form first
+
+
+@pytest.mark.parametrize("md", DOCS, ids=lambda p: p.name)
+def test_links_resolve(md):
+    text = md.read_text(encoding="utf-8")
+    for target in re.findall(r"\]\(([^)\s]+)\)", text):
+        if re.match(r"[a-z]+://", target): continue
+        path, _, anchor = target.partition("#")
+        f = (md.parent / path).resolve() if path else md
+        assert f.exists(), f"{md.name}: link to {target} does not resolve"
+        if anchor and f.suffix == ".md":
+            assert anchor in anchors(f), f"{md.name}: {target}: no heading gives #{anchor}"
+
+
+def test_named_commands_recipes_and_scripts_exist():
+    from cskd_fastai.cli import app
+    import typer.main
+    commands = set(typer.main.get_command(app).commands)
+    for md in DOCS:
+        text = md.read_text(encoding="utf-8")
+        for cmd in re.findall(r"cskd-fastai ([a-z][a-z-]+)", text):
+            assert cmd in commands, f"{md.name} names `cskd-fastai {cmd}`, which is not a command ({sorted(commands)})"
+        for recipe in set(re.findall(r"recipes/[\w.-]+\.yaml", text)):
+            assert (ROOT / recipe).exists(), f"{md.name} names {recipe}, which does not exist"
+        for script in set(re.findall(r"(?:docs/scripts|bench)/[\w-]+\.py", text)):
+            assert (ROOT / script).exists(), f"{md.name} names {script}, which does not exist"
+
+
+def test_results_summary_is_generated_from_the_archived_runs():
+    r = subprocess.run([sys.executable, "docs/scripts/summary_table.py", "docs/evidence", "--check", "docs/results.md"],
+                       cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+
+
+def _table(md: str) -> list[dict]:
+    lines = [l for l in md.splitlines() if l.startswith("|")]
+    head = [c.strip() for c in lines[0].split("|")[1:-1]]
+    return [dict(zip(head, (c.strip() for c in l.split("|")[1:-1]))) for l in lines[2:]]
+
+
+def test_readme_sample_table_is_what_compare_gives_on_the_archived_quickstart():
+    from cskd_fastai.compare import collect, summarize, to_markdown
+    text = README.read_text(encoding="utf-8")
+    i = text.index("| method | seeds | top-1 err (%)")
+    sample = _table(text[i:text.index("\n\n", i)])
+    got = {r["method"]: r for r in _table(to_markdown(summarize(collect([ROOT / "docs" / "evidence" / "quickstart"]))))}
+    assert [r["method"] for r in sample] == sorted(got) and len(sample) == 2
+    for row in sample:
+        assert row == {k: got[row["method"]][k] for k in row}
+
+
+def test_prior_art_is_named_in_methods_md_and_the_docstrings():
+    methods = (ROOT / "docs" / "methods.md").read_text(encoding="utf-8")
+    for name in ("PS-KD", "Online Label Smoothing", "Learning with Retrospection", "DLB", "BAKE", "Decoupled KD"):
+        assert name in methods, name
+    from cskd_fastai.callbacks.cskd import CSKD
+    from cskd_fastai.callbacks import cskd_stored
+    assert "BAKE" in CSKD.__doc__
+    for name in ("PS-KD", "Online Label Smoothing", "Learning with Retrospection", "DLB"):
+        assert name in cskd_stored.__doc__, name
