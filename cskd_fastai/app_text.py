@@ -87,10 +87,12 @@ def confidence_markdown(entry: ModelEntry, logits: Tensor, T: float, k: int = 5,
     lines = [f"Top class **{entry.classes[i]}**: {fmt_prob(p_T[i])} at T = {T:.3g}{raw}"]
     if true_class is not None:
         lines.append(f"True class: **{true_class}** — " + ("right" if entry.classes[i] == true_class else "wrong"))
-    flag = unusual_confidence(entry, logits, T)
+    flag = unusual_confidence(entry, logits)
     if flag and flag[0]:
-        lines.append(f"⚠ Unlike the training data? The top-class confidence is below what 99% of this model's "
-                     f"validation images get ({fmt_prob(flag[1])} at this T).")
+        lines.append(f"⚠ Unfamiliar image: the top-class confidence at T = {entry.temperature:.3g} is below "
+                     f"{fmt_prob(flag[1])}, what 95% of this model's validation images get. Often an image of none "
+                     f"of its classes; 1 in 20 ordinary images is flagged too, and an odd image the model is "
+                     f"confidently wrong about is not.")
     top = p_T.topk(min(int(k), len(entry.classes)))
     lines += ["", "| class | probability | |", "|---|---:|:---|"]
     lines += [f"| {entry.classes[int(c)]} | {fmt_prob(v)} | `{'█' * round(20 * float(v)) or '▏'}` |"

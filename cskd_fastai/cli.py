@@ -117,11 +117,14 @@ def train(recipe: Path = typer.Argument(..., help="recipe YAML, e.g. recipes/qui
 @app.command("eval")
 def evaluate(run_dir: Path = typer.Argument(..., help="a finished run directory"),
              data_root: Optional[str] = typer.Option(None, "--data-root", "--data",
-                                                     help="dataset root (default: the one the run was trained on)")):
+                                                     help="dataset root (default: the one the run was trained on)"),
+             ood: Optional[str] = typer.Option(None, "--ood", help="also score unfamiliar images: a folder of images "
+                                               "or a registered dataset (its test split), e.g. fashion_mnist"),
+             ood_max: int = typer.Option(2000, "--ood-max", min=1, help="at most this many OOD images (seeded draw)")):
     "Re-evaluate a run's exported learner on its recipe's test set; prints metrics as JSON."
     def _do():
         from .evaluate import evaluate_run
-        typer.echo(json.dumps(evaluate_run(run_dir, data_root=data_root), indent=2))
+        typer.echo(json.dumps(evaluate_run(run_dir, data_root=data_root, ood=ood, ood_max=ood_max), indent=2))
     _guard(_do)
 
 
@@ -139,16 +142,14 @@ def predict(run_dir: Path = typer.Argument(..., help="a finished run directory")
             classwise: bool = typer.Option(False, "--classwise", help="class-conditional sets (each class covered)")):
     "Predict classes of images with a run's exported learner, at its calibrated temperature; one row per image."
     def _do():
-        from .predict import format_rows, predict_files, write_csv
+        from .predict import format_rows, predict_files, summary, write_csv
         if csv is not None and csv.is_dir(): raise ValueError(f"--csv {csv} is a folder; name a file such as {csv}/out.csv")
         if csv is not None and not csv.parent.is_dir():   # before any prediction, not after all of them
             raise ValueError(f"--csv {csv}: the folder {csv.parent} does not exist; create it or pick another path")
         rows = predict_files(run_dir, images, k=top_k, temperature=temperature, progress=progress,
                              coverage=coverage, score=score, classwise=classwise)
         typer.echo(format_rows(rows))
-        bad = sum(1 for r in rows if r["error"])
-        typer.echo(f"{len(rows) - bad} images predicted" + (f", {bad} unreadable (see their rows)" if bad else "")
-                   + f"; T = {rows[0]['T']:.3g}")
+        typer.echo(summary(rows))
         if coverage is not None:
             from .sets import GUARANTEE
             typer.echo("prediction sets: " + GUARANTEE.format(pct=f"{100 * coverage:g}%"))

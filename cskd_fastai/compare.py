@@ -18,15 +18,16 @@ from .rundir import RunDirError, finished_runs, load_run
 __all__ = ["collect", "summarize", "to_markdown", "to_csv", "METRIC_COLUMNS"]
 
 METRIC_COLUMNS = ("top1_err", "top5_err", "ece", "ece_adaptive", "ece_classwise", "nll", "ece_ts", "nll_ts", "cov90",
-                  "size90")
+                  "size90", "aurc", "augrc")
 _HEADS = ("top-1 err (%)", "top-5 err (%)", "ECE", "ECE eq-mass", "ECE class-wise", "NLL", "ECE @T", "NLL @T",
-          "cov@90", "size@90")
+          "cov@90", "size@90", "AURC", "AUGRC")
 EXPLAIN = ("Errors in %; ± is the sample std over seeds (no ± with one seed). ECE: top-label, 15 equal-width bins; "
            "eq-mass: 15 equal-mass bins; class-wise: every class's probability, 15 equal-width bins. @T: after "
            "temperature scaling with T fitted by NLL on the validation split (never on test), T = 1 where the "
            "validation split has too few errors to support a fit. cov@90 / size@90: empirical coverage and mean size "
            "of 90% conformal prediction sets (LAC score, at T) calibrated on the validation split; the guarantee "
-           "holds for test images exchangeable with the validation ones.")
+           "holds for test images exchangeable with the validation ones. AURC / AUGRC: area under the (generalised) "
+           "risk-coverage curve of max-softmax confidence at T = 1, lower is better (`metrics.selective`).")
 
 
 # How far a number in metrics.json may sit from the same number recomputed from logits.pt (float32 sums in
@@ -54,6 +55,7 @@ def _scores(p: Path, split: str, metrics: dict) -> dict:
     from .metrics.calibration import apply_temperature, fit_temperature_checked
     from .metrics.conformal import prediction_sets, set_metrics
     from .metrics.functional import calibration_error, classification_metrics, nll
+    from .metrics.selective import selective_metrics
     from .rundir import load_logits
     z, y, _ = load_logits(p, split)
     vz, vy, _ = load_logits(p, "valid")
@@ -68,6 +70,8 @@ def _scores(p: Path, split: str, metrics: dict) -> dict:
     out.update({k: float(metrics[k]) for k in out if k in metrics})
     T = fit_temperature_checked(vz, vy).T
     out.update(ece_ts=float(calibration_error(z / T, y)), nll_ts=float(nll(z / T, y)), T=T)
+    sel = selective_metrics(z, y)
+    out.update(aurc=sel["aurc"], augrc=sel["augrc"])
     try:
         cs = prediction_sets(apply_temperature(vz, T).numpy(), vy.numpy(), apply_temperature(z, T).numpy(), 0.9, "lac")
         m = set_metrics(cs.sets, y.numpy())

@@ -16,9 +16,11 @@ from .serving import predict_logits
 __all__ = ["evaluate_run", "predict_logits"]
 
 
-def evaluate_run(run_dir, data_root: Optional[str] = None) -> dict:
-    """Test metrics of the run's exported learner, recomputed from the images on disk, and the coverage and size of
-    its conformal prediction sets on them (`sets.run_conformal`: calibrated on the validation split)."""
+def evaluate_run(run_dir, data_root: Optional[str] = None, ood: Optional[str] = None, ood_max: int = 2000) -> dict:
+    """Test metrics of the run's exported learner, recomputed from the images on disk, the coverage and size of
+    its conformal prediction sets on them (`sets.run_conformal`: calibrated on the validation split), selective
+    prediction at T = 1 and the fitted T, and with `ood` (a folder or a dataset name) how well it tells the test
+    images from those (`unfamiliar.ood_report`)."""
     from .pipeline import load_data
     run = load_run(run_dir)
     recipe = recipe_of_run(run.recipe, str(Path(run_dir) / "recipe.yaml"))
@@ -40,8 +42,14 @@ def evaluate_run(run_dir, data_root: Optional[str] = None) -> dict:
     T = fit_temperature_checked(vz, vy).T
     from .metrics.selective import selective_metrics
     from .sets import run_conformal
-    return dict(run=str(Path(run_dir)), n_test=len(labels), test=classification_metrics(logits, labels),
-                selective={"T=1": selective_metrics(logits.numpy(), labels.numpy()),
-                           f"T={T:.3g} (fitted on valid)" if T != 1 else "T fitted (= 1)":
-                               selective_metrics(logits.numpy(), labels.numpy(), T)},
-                conformal=run_conformal((vz, vy), (logits, labels), T))
+    out = dict(run=str(Path(run_dir)), n_test=len(labels), test=classification_metrics(logits, labels),
+               selective={"T=1": selective_metrics(logits.numpy(), labels.numpy()),
+                          f"T={T:.3g} (fitted on valid)" if T != 1 else "T fitted (= 1)":
+                              selective_metrics(logits.numpy(), labels.numpy(), T)},
+               conformal=run_conformal((vz, vy), (logits, labels), T))
+    if ood is not None:
+        from .unfamiliar import ood_items, ood_logits, ood_report
+        items, what = ood_items(ood, n_max=ood_max)
+        z_out, unreadable = ood_logits(learn, items)
+        out["ood"] = dict(source=what, n_ood=len(z_out), unreadable=unreadable, **ood_report(logits, vz, T, z_out))
+    return out

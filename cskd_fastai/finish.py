@@ -16,6 +16,10 @@ from . import rundir as R
 from .datasets import ImageDataset
 from .pipeline import build_dls
 from .metrics import classification_metrics
+from .metrics.selective import selective_metrics
+
+# selective-prediction numbers kept in metrics.json beside the calibration ones (T = 1; `eval` prints them all)
+SELECTIVE_KEPT = ("aurc", "e_aurc", "augrc")
 from .recipe import Recipe
 from .rundir.examples import write_examples
 
@@ -46,8 +50,17 @@ def final_eval(learn, data: ImageDataset) -> tuple[dict, dict]:
     for name, idx in (("valid", 1), ("test", 2)):
         preds, targs = learn.get_preds(ds_idx=idx, act=noop)
         metrics[name] = classification_metrics(preds, targs)
+        metrics[name].update({k: v for k, v in selective_metrics(preds, targs).items() if k in SELECTIVE_KEPT})
         splits[name] = (preds.float().cpu(), targs.long().cpu())
     return metrics, splits
+
+
+def _flag(valid: tuple) -> dict:
+    "The unfamiliar-image rule `predict` and the demo apply (`metrics.ood.familiarity_flag`), fixed on validation."
+    from .metrics.calibration import fit_temperature_checked
+    from .metrics.ood import familiarity_flag
+    z, y = valid
+    return familiarity_flag(z.numpy(), fit_temperature_checked(z, y).T)
 
 
 def plots(run_dir: Path, test: tuple, title: str) -> None:
@@ -83,7 +96,7 @@ def finish_run(recipe: Recipe, run_dir: Path, data: ImageDataset, learn, dls, n_
                  schedule=tc.schedule, image_size=recipe.dataset.image_size, bs=tc.bs, lr=tc.lr,
                  n_train=n_train, n_valid=len(dls.valid_ds), n_test=len(dls.loaders[2].dataset),
                  wall_time_s=round(wall, 1), resumed=resuming, world_size=world_size)
-    result = dict(valid=metrics["valid"], test=metrics["test"], facts=facts)
+    result = dict(valid=metrics["valid"], test=metrics["test"], facts=facts, ood_flag=_flag(splits["valid"]))
     R.save_logits(run_dir, splits, data.classes)
     if recipe.train.cache != "none":   # the export predicts on image files: give it the plain (decoding) pipeline
         learn.dls = build_dls(data, recipe.dataset, tc, recipe.seed, paired=False, device=dls.device)

@@ -15,7 +15,7 @@ import math
 from pathlib import Path
 from typing import Callable, Iterable, Optional, Sequence, Union
 
-__all__ = ["find_images", "predict_files", "write_csv", "format_rows", "parse_temperature", "csv_cell", "T_RANGE"]
+__all__ = ["find_images", "predict_files", "write_csv", "format_rows", "summary", "parse_temperature", "csv_cell", "T_RANGE"]
 
 T_RANGE = (1e-3, 1e3)   # temperatures `predict` accepts: beyond them probabilities are all-or-nothing or NaN
 
@@ -59,6 +59,7 @@ def predict_files(run_dir, paths: Sequence, k: int = 5, temperature: Union[str, 
     from .serving import load_model, predict_logits
     from .metrics.calibration import apply_temperature
     from .images import safe_image
+    from .metrics.ood import familiarity_flag, flagged
     if isinstance(k, bool) or int(k) != k or k < 1: raise ValueError(f"--top-k must be a positive integer, got {k!r}")
     temperature = parse_temperature(temperature)
     if coverage is not None and not (isinstance(coverage, (int, float)) and 0 < coverage < 1):
@@ -71,7 +72,9 @@ def predict_files(run_dir, paths: Sequence, k: int = 5, temperature: Union[str, 
         from .sets import SetPredictor
         sets = SetPredictor(entry, coverage, score, classwise, T=T)   # a too small validation split: one line, now
     learn, k = entry.learn, min(int(k), len(entry.classes))
-    rows = [dict(path=str(f), top=[], T=T, error=None) for f in files]
+    # the run's unfamiliar-image rule (fixed on validation at its fitted T, whatever T the probabilities are shown at)
+    flag = familiarity_flag(entry.valid[0].numpy(), entry.temperature) if entry.valid is not None else None
+    rows = [dict(path=str(f), top=[], T=T, error=None, unfamiliar=None) for f in files]
     chunks = [list(range(i, min(i + bs, len(files)))) for i in range(0, len(files), bs)]
     if progress is None: progress = sys.stdout.isatty()
     it = chunks
@@ -86,8 +89,10 @@ def predict_files(run_dir, paths: Sequence, k: int = 5, temperature: Union[str, 
         if imgs:
             logits = predict_logits(learn, imgs, bs=len(imgs))
             p, c = apply_temperature(logits, T).topk(k, dim=1)
+            odd = flagged(logits.numpy(), flag) if flag else [None] * len(ok)
             for j, i in enumerate(ok):
                 rows[i]["top"] = [(entry.classes[int(ci)], float(pi)) for pi, ci in zip(p[j], c[j])]
+                rows[i]["unfamiliar"] = None if odd[j] is None else bool(odd[j])
             if sets is not None:
                 for i, s in zip(ok, sets.sets(logits)): rows[i]["set"] = s
         if on_batch: on_batch(n + 1, len(chunks))
@@ -104,22 +109,34 @@ def format_rows(rows: list[dict]) -> str:
              "|---|---|---|" + ("---|" if with_sets else "")]
     for r in rows:
         pred = r["error"] and f"unreadable: {r['error']}" or ", ".join(f"{c} ({100 * p:.1f}%)" for c, p in r["top"])
+        if r.get("unfamiliar"): pred = f"⚠ unfamiliar: {pred}"
         extra = f" {_set_text(r['set']) if 'set' in r else ''} |" if with_sets else ""
         lines.append(f"| {r['path']} | {pred} | {r['T']:.3g} |{extra}")
     return "\n".join(lines)
 
 
+def summary(rows: list[dict]) -> str:
+    "The lines under `format_rows`' table: counts, the temperature, and what an unfamiliar flag means when one is up."
+    from .metrics.ood import FLAG_MEANING
+    bad, odd = sum(1 for r in rows if r["error"]), sum(1 for r in rows if r.get("unfamiliar"))
+    text = (f"{len(rows) - bad} images predicted" + (f", {bad} unreadable (see their rows)" if bad else "")
+            + f"; T = {rows[0]['T']:.3g}")
+    return text + (f"\n{odd} flagged ⚠ {FLAG_MEANING}" if odd else "")
+
+
 def write_csv(rows: list[dict], path) -> None:
-    """One row per image: path, class_1, prob_1, ..., class_k, prob_k, temperature, error, and with prediction sets
+    """One row per image: path, class_1, prob_1, ..., class_k, prob_k, temperature, error, unfamiliar (1/0: the run's
+    flag, `metrics.ood.FLAG_MEANING`; empty for an unreadable file), and with prediction sets
     `set_size` and `set` ('class (probability); ...', most probable first)."""
     k = max((len(r["top"]) for r in rows), default=0)
     with_sets = any("set" in r for r in rows)
-    cols = (["path"] + [f"{w}_{i}" for i in range(1, k + 1) for w in ("class", "prob")] + ["temperature", "error"]
-            + (["set_size", "set"] if with_sets else []))
+    cols = (["path"] + [f"{w}_{i}" for i in range(1, k + 1) for w in ("class", "prob")] + ["temperature", "error",
+            "unfamiliar"] + (["set_size", "set"] if with_sets else []))
     with open(path, "w", newline="") as f:
         w = csv.writer(f); w.writerow(cols)
         for r in rows:
             top = [v for c, p in r["top"] for v in (c, f"{p:.6f}")] + [""] * (2 * (k - len(r["top"])))
             extra = ([len(r["set"]), "; ".join(f"{c} ({p:.6f})" for c, p in r["set"])] if "set" in r else ["", ""]) \
                 if with_sets else []
-            w.writerow([csv_cell(c) for c in (r["path"], *top, f"{r['T']:.6g}", r["error"] or "", *extra)])
+            odd = "" if r.get("unfamiliar") is None else int(r["unfamiliar"])
+            w.writerow([csv_cell(c) for c in (r["path"], *top, f"{r['T']:.6g}", r["error"] or "", odd, *extra)])

@@ -255,11 +255,12 @@ def inside_folders(path, folders: Sequence[Path]) -> bool:
     return any(real.is_relative_to(Path(os.path.realpath(f))) for f in folders)
 
 
-def unusual_confidence(entry: ModelEntry, logits: Tensor, T: float, q: float = 0.01) -> tuple[bool, float] | None:
-    """(is the top-class confidence at `T` below the `q` quantile of the validation images' at `T`?, that quantile);
-    None without stored validation logits. A low confidence compared with the training distribution's images
-    is a cheap hint that the input is unlike them (it cannot prove that an input is in-distribution)."""
+def unusual_confidence(entry: ModelEntry, logits: Tensor) -> tuple[bool, float] | None:
+    """(is this image unfamiliar by the run's flag rule?, the rule's threshold on the max softmax at the run's T);
+    None without stored validation logits. The rule (`metrics.ood.familiarity_flag`) is fixed on the validation
+    split at 95% TPR and stored in metrics.json; it is recomputed here from the same stored logits, so runs trained
+    before it existed get it too. A hint, not a proof: see `metrics.ood.FLAG_MEANING`."""
+    from .metrics.ood import familiarity_flag, flagged
     if entry.valid is None: return None
-    ref = apply_temperature(entry.valid[0], T).amax(1)
-    floor = float(torch.quantile(ref.double(), q))
-    return float(apply_temperature(logits, T).max()) < floor, floor
+    flag = familiarity_flag(entry.valid[0], entry.temperature)
+    return bool(flagged(logits.detach().cpu().numpy(), flag)[0]), flag["threshold"]

@@ -138,13 +138,14 @@ def test_confidence_panel_precision_truth_and_unusual_input_hint(entries):
     z = torch.tensor([6.0, 0.0, -2.0])                       # confident: 99.7% / 0.2% / <0.1%
     md = confidence_markdown(e, z, 1.0, k=3, true_class=e.classes[1])
     assert "| cat | 99.7% |" in md.replace(e.classes[0], "cat") and "<0.1%" in md and "wrong" in md
-    assert "Unlike the training data" not in md
-    flat = torch.zeros(3)                                      # 33% each: below 99% of validation images
-    flag, floor = unusual_confidence(e, flat, 1.0)
+    assert "Unfamiliar image" not in md
+    flat = torch.zeros(3)                                      # 33% each: below 95% of validation images
+    flag, floor = unusual_confidence(e, flat)
     assert flag and floor > 1 / 3
-    assert "Unlike the training data" in confidence_markdown(e, flat, 1.0)
-    ref = apply_temperature(e.valid[0], 1.0).amax(1)
-    assert floor == pytest.approx(float(torch.quantile(ref.double(), 0.01)))
+    assert "Unfamiliar image" in confidence_markdown(e, flat, 1.0)
+    # the threshold keeps 95% of the validation images (at the run's T) at or above it, and no higher one does
+    ref = apply_temperature(e.valid[0], e.temperature).amax(1).double()
+    assert float((ref >= floor).double().mean()) >= 0.95 and float((ref > floor).double().mean()) < 0.95
 
 
 def test_duplicate_labels_get_told_apart(runs):

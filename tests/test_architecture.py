@@ -17,7 +17,8 @@ LAYERS = {
     "run files": ("rundir",),
     "callbacks": ("callbacks",),
     "methods": ("methods", "learner", "recipe", "speed", "fingerprint"),
-    "runs": ("train", "finish", "evaluate", "predict", "serving", "compare", "analysis", "rebuild", "sets", "run_model", "testing"),
+    "runs": ("train", "finish", "evaluate", "predict", "serving", "compare", "analysis", "rebuild", "sets", "run_model", "testing",
+             "unfamiliar"),
     "apps": ("cli", "app", "app_text", "__main__"),
 }
 ORDER = list(LAYERS)

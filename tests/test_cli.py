@@ -377,3 +377,39 @@ def test_one_line_keeps_the_informative_line(msg, want):
     "fastai's callback header and torch's closing hint are not the error: the CLI prints the line that says what failed."
     from cskd_fastai.cli import _one_line
     assert _one_line(RuntimeError(msg)) == want
+
+
+def test_eval_ood_predict_flag_and_the_stored_rule(trained, folder, tmp_path):
+    """`eval --ood FOLDER` scores the run's test images against the folder's with every score, at T = 1 (and the
+    fitted T where one is applied); metrics.json stores the flag rule that `predict` applies, and it is the rule the
+    stored validation logits give; a bad --ood source is one line."""
+    import csv
+    import numpy as np
+    from PIL import Image
+    from cskd_fastai.metrics.calibration import fit_temperature_checked
+    from cskd_fastai.metrics.ood import SCORES, familiarity_flag
+    from cskd_fastai.rundir import load_logits
+    runs, _ = trained
+    run = runs / "tiny" / "ce" / "seed0"
+    odd = tmp_path / "odd"; odd.mkdir()
+    g = np.random.default_rng(0)
+    for i in range(6): Image.fromarray(g.integers(0, 255, (16, 16, 3), dtype=np.uint8)).save(odd / f"noise_{i}.png")
+    code, out = cli("eval", run, "--ood", odd)
+    assert code == 0, out
+    rep = json.loads(out)["ood"]
+    assert rep["n_ood"] == 6 and rep["unreadable"] == 0 and rep["source"].startswith("folder")
+    for score in SCORES:
+        m = rep["T=1"][score]
+        assert 0 <= m["auroc"] <= 1 and 0 <= m["fpr95"] <= 1 and m["n_out"] == 6
+    stored = json.loads((run / "metrics.json").read_text())["ood_flag"]
+    vz, vy, _ = load_logits(run, "valid")
+    assert stored == familiarity_flag(vz.numpy(), fit_temperature_checked(vz, vy).T) == \
+        {k: rep["flag"][k] for k in stored}
+    assert 0 <= rep["flag"]["test_flagged"] <= 1 and 0 <= rep["flag"]["ood_flagged"] <= 1
+    code, out = cli("predict", run, odd, "--csv", tmp_path / "p.csv", "--no-progress")
+    assert code == 0, out
+    rows = list(csv.DictReader(open(tmp_path / "p.csv")))
+    assert len(rows) == 6 and {r["unfamiliar"] for r in rows} <= {"0", "1"}
+    n_flagged = sum(r["unfamiliar"] == "1" for r in rows)
+    assert (f"{n_flagged} flagged" in out) == (n_flagged > 0)
+    _one_error_line(*cli("eval", run, "--ood", "no_such_dataset"), "--ood no_such_dataset", "a folder of images")

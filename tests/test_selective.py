@@ -54,3 +54,19 @@ def test_selective_metrics_from_logits_and_bad_input():
     assert selective_metrics(z, y, T=2.0)["aurc"] != m["aurc"]
     with pytest.raises(ValueError, match="equal, non-empty"): aurc([0.5, 0.4], [True])
     with pytest.raises(ValueError, match="finite"): aurc([float("nan")], [True])
+
+
+def test_fastai_metrics_stream_what_the_functional_core_gives():
+    """AURC/AUGRC as fastai metrics, fed batch by batch as a validation pass does, equal the functional values on the
+    concatenated logits; a fresh metric after `reset` has no value."""
+    from types import SimpleNamespace
+    import torch
+    from cskd_fastai.metrics import AUGRC, AURC
+    g = torch.Generator().manual_seed(0)
+    z, y = torch.randn(37, 5, generator=g) * 3, torch.randint(0, 5, (37,), generator=g)
+    want = selective_metrics(z.numpy(), y.numpy())
+    for metric, key in ((AURC(), "aurc"), (AUGRC(), "augrc")):
+        metric.reset()
+        assert metric.value is None
+        for i in range(0, 37, 8): metric.accumulate(SimpleNamespace(pred=z[i:i + 8], yb=(y[i:i + 8],)))
+        assert metric.name == key and metric.value == pytest.approx(want[key], abs=1e-12)

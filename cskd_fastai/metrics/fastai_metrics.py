@@ -19,7 +19,8 @@ from .functional import (brier_per_sample, check_logits_targets, check_n_bins, n
                          top_k_correct, upcast, adaptive_calibration_error_from_confidences,
                          calibration_error_from_confidences, classwise_bins, top_label_confidences)
 
-__all__ = ["TopLabelCalibrationError", "TopKError", "NLL", "Brier", "ECE", "AdaptiveECE", "ClasswiseECE", "cskd_metrics"]
+__all__ = ["TopLabelCalibrationError", "TopKError", "NLL", "Brier", "ECE", "AdaptiveECE", "ClasswiseECE", "AURC", "AUGRC",
+           "cskd_metrics"]
 
 
 class TopLabelCalibrationError(TMMetric):
@@ -162,6 +163,37 @@ class ClasswiseECE(Metric):
     @property
     def name(self) -> str: return "ece_classwise"
     def __repr__(self) -> str: return f"ClasswiseECE(n_bins={self.n_bins})"
+
+
+class AURC(Metric):
+    """Area under the risk-coverage curve of max-softmax confidence (`aurc`, `selective.aurc`): how much error is left
+    as the least confident predictions are dropped. Keeps one confidence and one correctness flag per sample."""
+    metric_name = "aurc"
+    def __init__(self): self.reset()
+    def reset(self) -> None: self.conf, self.ok = [], []
+
+    def accumulate(self, learn) -> None:
+        conf, ok = top_label_confidences(*_batch(learn))
+        self.conf.append(conf.cpu()); self.ok.append(ok.cpu())
+
+    def area(self, conf, ok) -> float:
+        from .selective import aurc
+        return aurc(conf, ok)
+
+    @property
+    def value(self) -> float | None:
+        return self.area(torch.cat(self.conf).numpy(), torch.cat(self.ok).numpy()) if self.conf else None
+    @property
+    def name(self) -> str: return self.metric_name
+    def __repr__(self) -> str: return f"{type(self).__name__}()"
+
+
+class AUGRC(AURC):
+    "Area under the generalised risk-coverage curve (`augrc`, `selective.augrc`; Traub et al., NeurIPS 2024)."
+    metric_name = "augrc"
+    def area(self, conf, ok) -> float:
+        from .selective import augrc
+        return augrc(conf, ok)
 
 
 def cskd_metrics(n_bins: int = 15) -> list:

@@ -9,10 +9,13 @@ them), so the curve is evaluated at the distinct confidences only.
 * AUGRC: area under the *generalised* risk-coverage curve, risk = errors accepted / all images (Traub et al.,
   "Overcoming Common Flaws in the Evaluation of Selective Classification Systems", NeurIPS 2024);
 * risk at a given coverage, and the largest coverage whose risk stays at or below a given risk.
-Functional core on (confidences, correct) or logits; pure numpy."""
+Functional core on (confidences, correct) in numpy, or on logits; `fastai_metrics.AURC`/`AUGRC` stream it."""
 from __future__ import annotations
 
 import numpy as np
+import torch
+
+from .functional import top_label_confidences    # the one softmax-confidence rule of every metric here
 
 __all__ = ["risk_coverage_curve", "aurc", "e_aurc", "augrc", "risk_at_coverage", "coverage_at_risk",
            "selective_metrics"]
@@ -74,9 +77,8 @@ def coverage_at_risk(conf, correct, risk: float) -> float:
 
 def selective_metrics(logits, labels, T: float = 1.0) -> dict:
     "AURC, E-AURC, AUGRC, risk at 80/90/95% coverage and coverage at 5% risk, of max-softmax confidence at `T`."
-    z = np.asarray(logits, dtype=float) / T
-    p = np.exp(z - z.max(1, keepdims=True)); p /= p.sum(1, keepdims=True)
-    conf, ok = p.max(1), p.argmax(1) == np.asarray(labels)
+    z, y = torch.as_tensor(np.asarray(logits, dtype=np.float64)), torch.as_tensor(np.asarray(labels)).long()
+    conf, ok = (t.numpy() for t in top_label_confidences(z / T, y))
     return dict(aurc=aurc(conf, ok), e_aurc=e_aurc(conf, ok), augrc=augrc(conf, ok),
                 risk_at_80=risk_at_coverage(conf, ok, 0.8), risk_at_90=risk_at_coverage(conf, ok, 0.9),
                 risk_at_95=risk_at_coverage(conf, ok, 0.95), coverage_at_5=coverage_at_risk(conf, ok, 0.05))
