@@ -118,8 +118,9 @@ def train(recipe: Path = typer.Argument(..., help="recipe YAML, e.g. recipes/qui
 def evaluate(run_dir: Path = typer.Argument(..., help="a finished run directory"),
              data_root: Optional[str] = typer.Option(None, "--data-root", "--data",
                                                      help="dataset root (default: the one the run was trained on)"),
-             ood: Optional[str] = typer.Option(None, "--ood", help="also score unfamiliar images: a folder of images "
-                                               "or a registered dataset (its test split), e.g. fashion_mnist"),
+             ood: Optional[str] = typer.Option(None, "--ood", help="also score unfamiliar images: a folder of images, "
+                                               "a registered dataset (its test split) or holdout (the recipe's "
+                                               "dataset.holdout_classes)"),
              ood_max: int = typer.Option(2000, "--ood-max", min=1, help="at most this many OOD images (seeded draw)")):
     "Re-evaluate a run's exported learner on its recipe's test set; prints metrics as JSON."
     def _do():

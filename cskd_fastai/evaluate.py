@@ -48,8 +48,11 @@ def evaluate_run(run_dir, data_root: Optional[str] = None, ood: Optional[str] = 
                               selective_metrics(logits.numpy(), labels.numpy(), T)},
                conformal=run_conformal((vz, vy), (logits, labels), T))
     if ood is not None:
-        from .unfamiliar import ood_items, ood_logits, ood_report
-        items, what = ood_items(ood, n_max=ood_max)
+        from .unfamiliar import draw, ood_items, ood_logits, ood_report
+        if ood == "holdout":   # the classes the recipe left out of training: near-OOD, same camera and domain
+            held = load_data(recipe.dataset, data_root, held_out=True)
+            items, what = draw(list(held.test.items), f"test images of the {len(held.classes)} held-out classes", ood_max)
+        else: items, what = ood_items(ood, n_max=ood_max)
         z_out, unreadable = ood_logits(learn, items)
         out["ood"] = dict(source=what, n_ood=len(z_out), unreadable=unreadable, **ood_report(logits, vz, T, z_out))
     return out

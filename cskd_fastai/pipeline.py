@@ -98,11 +98,43 @@ def subsample_per_class(data: ImageDataset, n: int, seed: int = 0) -> ImageDatas
     return replace(data, train=train)
 
 
-def load_data(cfg, data_root: Optional[str] = None) -> ImageDataset:
-    "The dataset of a recipe's dataset config `cfg` (`data_root` overrides `cfg.root`), subsampled if it says so."
+def holdout_names(classes, spec) -> list[str]:
+    """The class names `dataset.holdout_classes` leaves out: the names given, or a count drawn with seed 0 (the same
+    classes for every method and seed of a recipe); one line when a name is unknown or too few classes remain."""
+    if spec is None: return []
+    names = [str(c) for c in classes]
+    if isinstance(spec, int):
+        if not 0 < spec <= len(names) - 2:
+            raise ValueError(f"dataset.holdout_classes: {spec} of {len(names)} classes would leave fewer than 2 to "
+                             f"train on; hold out between 1 and {len(names) - 2}")
+        return sorted(names[i] for i in np.random.default_rng(0).choice(len(names), spec, replace=False))
+    unknown = [c for c in spec if c not in names]
+    if unknown: raise ValueError(f"dataset.holdout_classes names {unknown[0]!r}, which is not a class of this dataset "
+                                 f"(e.g. {names[0]!r})")
+    return [c for c in names if c in spec]
+
+
+def _classes_only(data: ImageDataset, keep: list[str]) -> ImageDataset:
+    "The dataset restricted to the classes `keep` (in the dataset's order), labels renumbered."
+    from dataclasses import replace
+    new = {c: i for i, c in enumerate(keep)}
+    old = [new.get(str(c)) for c in data.classes]
+    def part(split):
+        idx = [i for i, l in enumerate(split.labels) if old[l] is not None]
+        return replace(split, items=[split.items[i] for i in idx], labels=[old[split.labels[i]] for i in idx])
+    return replace(data, classes=[c for c in data.classes if str(c) in new], train=part(data.train), test=part(data.test))
+
+
+def load_data(cfg, data_root: Optional[str] = None, held_out: bool = False) -> ImageDataset:
+    """The dataset of a recipe's dataset config `cfg` (`data_root` overrides `cfg.root`), subsampled if it says so,
+    without its `holdout_classes`; with `held_out`, only those classes (the near-OOD set of `eval --ood holdout`)."""
     data = load_dataset(cfg.name, data_root if data_root is not None else cfg.root)
     if cfg.train_per_class: data = subsample_per_class(data, cfg.train_per_class)
-    return data
+    out = holdout_names(data.classes, getattr(cfg, "holdout_classes", None))
+    if held_out:
+        if not out: raise ValueError("--ood holdout: the run's recipe holds no classes out (dataset.holdout_classes)")
+        return _classes_only(data, out)
+    return _classes_only(data, [str(c) for c in data.classes if str(c) not in out]) if out else data
 
 
 def image_cache(cfg, tc, data: ImageDataset, out: Path, log: Callable) -> ImageCache:

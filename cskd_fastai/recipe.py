@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Annotated, Literal, Optional, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, field_validator, model_validator
 
 from .checks import safe_component
 from .methods import METHODS, Method
@@ -33,6 +33,9 @@ class DatasetCfg(_Strict):
     image_size: int = Field(32, gt=0, le=1024)
     valid_pct: float = Field(0.1, gt=0, lt=0.9, description="stratified validation split carved from train")
     train_per_class: Optional[int] = Field(None, gt=0, description="subsample the training set (fashion_mnist)")
+    holdout_classes: Union[PositiveInt, list[str], None] = Field(
+        None, description="leave these classes (names, or a count drawn with seed 0) out of training; their test "
+                          "images are `eval --ood holdout`'s near-OOD set")
 
     @field_validator("name")
     @classmethod

@@ -11,12 +11,12 @@ import numpy as np
 
 from .metrics.ood import SCORES, familiarity_flag, flagged, ood_metrics, ood_score
 
-__all__ = ["ood_items", "ood_report"]
+__all__ = ["ood_items", "ood_logits", "ood_report", "draw"]
 
 
 def ood_items(source: str, data_root=None, n_max: int = 2000, seed: int = 0) -> tuple[list, str]:
     """(items, what they are) for `--ood SOURCE`: the images of a folder (searched recursively) or the test split of a
-    registered dataset, at most `n_max` of them (a seeded draw, so a rerun scores the same images)."""
+    registered dataset (`holdout`, the recipe's held-out classes, is `evaluate_run`'s), at most `n_max` of them (a seeded draw, so a rerun scores the same images)."""
     from .datasets import DATASETS, load_dataset
     from .predict import find_images
     p = Path(source)
@@ -28,10 +28,14 @@ def ood_items(source: str, data_root=None, n_max: int = 2000, seed: int = 0) -> 
     else:
         items, what = list(load_dataset(source, data_root).test.items), f"{source} test split"
     if not items: raise ValueError(f"--ood {source}: no images found")
-    if len(items) > n_max:
-        keep = np.sort(np.random.default_rng(seed).choice(len(items), n_max, replace=False))
-        items, what = [items[i] for i in keep], f"{what} ({n_max} of {len(items)}, seeded draw)"
-    return items, what
+    return draw(items, what, n_max, seed)
+
+
+def draw(items: list, what: str, n_max: int = 2000, seed: int = 0) -> tuple[list, str]:
+    "At most `n_max` of `items`, a seeded draw in their order, and `what` saying so."
+    if len(items) <= n_max: return items, what
+    keep = np.sort(np.random.default_rng(seed).choice(len(items), n_max, replace=False))
+    return [items[i] for i in keep], f"{what} ({n_max} of {len(items)}, seeded draw)"
 
 
 def ood_logits(learn, items, bs: int = 64):

@@ -413,3 +413,22 @@ def test_eval_ood_predict_flag_and_the_stored_rule(trained, folder, tmp_path):
     n_flagged = sum(r["unfamiliar"] == "1" for r in rows)
     assert (f"{n_flagged} flagged" in out) == (n_flagged > 0)
     _one_error_line(*cli("eval", run, "--ood", "no_such_dataset"), "--ood no_such_dataset", "a folder of images")
+
+
+def test_holdout_classes_train_without_them_and_eval_ood_holdout_scores_them(trained, folder, tmp_path):
+    """A recipe that holds one class out trains on the other two (its vocabulary says so) and `eval --ood holdout`
+    scores exactly the held-out class's test images against the run's test split."""
+    recipe = write_recipe(tmp_path / "tiny.yaml", folder, epochs=1, methods=[dict(name="ce")])
+    rec = yaml.safe_load(recipe.read_text()); rec["dataset"]["holdout_classes"] = ["class_01"]
+    recipe.write_text(yaml.safe_dump(rec))
+    code, out = cli("train", recipe, "--out", tmp_path / "runs", "--no-progress")
+    assert code == 0, out
+    run = tmp_path / "runs" / "tiny" / "ce" / "seed0"
+    from cskd_fastai.rundir import load_logits
+    assert load_logits(run, "test")[2] == ["class_00", "class_02"]
+    code, out = cli("eval", run, "--ood", "holdout")
+    assert code == 0, out
+    rep = json.loads(out)
+    n_held = len([f for f in (folder / "test" / "class_01").iterdir() if f.suffix.lower() != ".txt"])
+    assert rep["ood"]["n_ood"] == n_held and "held-out" in rep["ood"]["source"] and rep["n_test"] == 2 * n_held
+    _one_error_line(*cli("eval", trained[0] / "tiny" / "ce" / "seed0", "--ood", "holdout"), "holds no classes out")

@@ -65,3 +65,20 @@ def test_separable_sets_score_perfectly_for_every_score():
     for s in SCORES:
         m = ood_metrics(ood_score(z_in, s), ood_score(z_out, s))
         assert m["auroc"] == 1.0 and m["fpr95"] == 0.0, s
+
+
+def test_holdout_classes_by_name_or_seeded_count_and_bad_specs():
+    "`dataset.holdout_classes` leaves classes out of training, renumbered; the held-out part keeps only them."
+    from types import SimpleNamespace
+    from cskd_fastai.datasets import ImageDataset, ImageSplit
+    from cskd_fastai.pipeline import _classes_only, holdout_names
+    names = ["a", "b", "c", "d", "e"]
+    assert holdout_names(names, ["d", "b"]) == ["b", "d"]            # dataset order
+    two = holdout_names(names, 2)
+    assert len(two) == 2 and two == holdout_names(names, 2) and set(two) <= set(names)   # seeded: same every time
+    with pytest.raises(ValueError, match="fewer than 2"): holdout_names(names, 4)
+    with pytest.raises(ValueError, match="'z', which is not a class"): holdout_names(names, ["z"])
+    data = ImageDataset("toy", names, ImageSplit(list("ABCDE"), [0, 1, 2, 3, 4]), ImageSplit(list("vwxyz"), [4, 3, 2, 1, 0]))
+    kept = _classes_only(data, ["a", "c", "e"])
+    assert kept.classes == ["a", "c", "e"] and kept.train.items == ["A", "C", "E"] and kept.train.labels == [0, 1, 2]
+    assert kept.test.items == ["v", "x", "z"] and kept.test.labels == [2, 1, 0]
