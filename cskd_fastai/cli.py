@@ -8,6 +8,8 @@ from typing import List, Optional
 
 import typer
 
+from .cli_errors import _guard, _one_line  # noqa: F401  (_one_line: tests read it here)
+
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Class-wise self-knowledge distillation (CS-KD, Yun et al. CVPR 2020) for fastai.")
 
@@ -25,44 +27,6 @@ def _main(version: bool = typer.Option(False, "--version", callback=_version, is
     "Class-wise self-knowledge distillation (CS-KD) for fastai: paper recipes, honest reports, a demo app."
     # A callback keeps typer from collapsing the command name when only one command is registered.
     # Everything heavy (torch, fastai, gradio) is imported inside the commands: --help and --version stay instant.
-
-
-def _fail(msg: str, code: int = 2):
-    typer.echo(f"error: {msg}", err=True)
-    raise typer.Exit(code)
-
-
-def _one_line(e: BaseException) -> str:
-    """The error's informative line: fastai wraps a callback's error under an "Exception occured in `CB` when calling
-    event `EV`:" header, and torch ends some messages with a "For more information, ..." hint; both are dropped."""
-    lines = [l.strip() for l in str(e).splitlines() if l.strip()]
-    lines = [l for l in lines if not (l.startswith("Exception occured in `") and l.endswith(":"))
-             and not l.startswith("For more information")]
-    msg = lines[0] if lines else type(e).__name__
-    return msg.split(": ", 1)[1] if msg.startswith(("cskd_fastai.", "ValueError: ")) and ": " in msg else msg
-
-
-def _guard(fn, *args, **kwargs):
-    "Run a command; expected bad input becomes one `error:` line (exit 2), anything else one line + exit 1."
-    from .datasets import DatasetLayoutError
-    from .download import DownloadError
-    from .recipe import RecipeError
-    from .rundir import RunDirError
-    from .train import RunExistsError, TrainingDiverged
-    if os.environ.get("CSKD_DEBUG"): return fn(*args, **kwargs)
-    try:
-        return fn(*args, **kwargs)
-    except (RecipeError, DatasetLayoutError, RunDirError, RunExistsError, DownloadError) as e: _fail(str(e))
-    except TrainingDiverged as e: _fail(_one_line(e), 1)
-    except OSError as e:
-        import errno
-        if e.errno in (errno.ENOSPC, errno.EDQUOT): _fail(_one_line(e), 1)
-        _fail(f"{type(e).__name__}: {_one_line(e)} (set CSKD_DEBUG=1 for the traceback)", 1)
-    except (ValueError, FileNotFoundError, KeyError, TypeError) as e: _fail(_one_line(e))
-    except KeyboardInterrupt: _fail("interrupted; finished epochs are checkpointed: rerun with --resume", 130)
-    except typer.Exit: raise
-    except Exception as e:
-        _fail(f"{type(e).__name__}: {_one_line(e)} (set CSKD_DEBUG=1 for the traceback)", 1)
 
 
 @app.command()
@@ -121,11 +85,20 @@ def evaluate(run_dir: Path = typer.Argument(..., help="a finished run directory"
              ood: Optional[str] = typer.Option(None, "--ood", help="also score unfamiliar images: a folder of images, "
                                                "a registered dataset (its test split) or holdout (the recipe's "
                                                "dataset.holdout_classes)"),
-             ood_max: int = typer.Option(2000, "--ood-max", min=1, help="at most this many OOD images (seeded draw)")):
-    "Re-evaluate a run's exported learner on its recipe's test set; prints metrics as JSON."
+             shift: Optional[str] = typer.Option(None, "--shift", help="also evaluate under the 15 ImageNet-C "
+                                                 "corruptions at these severities, e.g. 1-5 or 1,3,5"),
+             shift_ref: Optional[Path] = typer.Option(None, "--shift-ref", help="a CE run's `eval --shift` JSON: add "
+                                                      "errors relative to it (mCE)"),
+             max_images: int = typer.Option(2000, "--max-images", "--ood-max", min=1,
+                                            help="at most this many OOD / corrupted test images (seeded draws)"),
+             progress: Optional[bool] = typer.Option(None, "--progress/--no-progress", help="progress bar (default: on a terminal)")):
+    "Re-evaluate a run on its recipe's test set (+ unfamiliar images, corruptions); prints metrics as JSON."
     def _do():
+        import sys
         from .evaluate import evaluate_run
-        typer.echo(json.dumps(evaluate_run(run_dir, data_root=data_root, ood=ood, ood_max=ood_max), indent=2))
+        res = evaluate_run(run_dir, data_root=data_root, ood=ood, ood_max=max_images, shift=shift, shift_ref=shift_ref,
+                           progress=sys.stderr.isatty() if progress is None else progress)
+        typer.echo(json.dumps(res, indent=2))
     _guard(_do)
 
 

@@ -16,11 +16,15 @@ from .serving import predict_logits
 __all__ = ["evaluate_run", "predict_logits"]
 
 
-def evaluate_run(run_dir, data_root: Optional[str] = None, ood: Optional[str] = None, ood_max: int = 2000) -> dict:
+def evaluate_run(run_dir, data_root: Optional[str] = None, ood: Optional[str] = None, ood_max: int = 2000,
+                 shift: Optional[str] = None, shift_ref: Optional[str] = None, cache_dir: Optional[str] = None,
+                 progress: bool = False) -> dict:
     """Test metrics of the run's exported learner, recomputed from the images on disk, the coverage and size of
     its conformal prediction sets on them (`sets.run_conformal`: calibrated on the validation split), selective
     prediction at T = 1 and the fitted T, and with `ood` (a folder or a dataset name) how well it tells the test
-    images from those (`unfamiliar.ood_report`)."""
+    images from those (`unfamiliar.ood_report`); with `shift` (severities, e.g. '1-5') the metrics under the
+    ImageNet-C corruptions (`shift.shift_report`, on at most `ood_max` test images), relative to a CE run's report
+    `shift_ref` (a JSON file that `eval --shift` printed) where one is given."""
     from .pipeline import load_data
     run = load_run(run_dir)
     recipe = recipe_of_run(run.recipe, str(Path(run_dir) / "recipe.yaml"))
@@ -55,4 +59,27 @@ def evaluate_run(run_dir, data_root: Optional[str] = None, ood: Optional[str] = 
         else: items, what = ood_items(ood, n_max=ood_max)
         z_out, unreadable = ood_logits(learn, items)
         out["ood"] = dict(source=what, n_ood=len(z_out), unreadable=unreadable, **ood_report(logits, vz, T, z_out))
+    if shift is not None:
+        out["shift"] = _shift(recipe, learn, list(data.test.items), labels, T, shift, shift_ref, ood_max, cache_dir, progress)
     return out
+
+
+def _shift(recipe, learn, items, labels, T, severities, ref, n_max, cache_dir, progress) -> dict:
+    "`shift.shift_report` on a seeded draw of at most `n_max` test images (+ `relative_errors` against `ref`)."
+    import json
+    import numpy as np
+    from .cache import cache_side
+    from .shift import default_cache_dir, parse_severities, relative_errors, shift_report
+    sev = parse_severities(severities)
+    reference = None
+    if ref is not None:
+        try: reference = json.loads(Path(ref).read_text())
+        except (OSError, ValueError) as e: raise ValueError(f"--shift-ref {ref}: not a JSON report of `eval --shift` ({e})") from None
+        reference = reference.get("shift", reference)
+    idx = np.arange(len(items))
+    if len(items) > n_max: idx = np.sort(np.random.default_rng(0).choice(len(items), n_max, replace=False))
+    side = cache_side(recipe.dataset.image_size, recipe.train.augment)
+    rep = shift_report(lambda xs: predict_logits(learn, xs), [items[i] for i in idx], labels[torch.as_tensor(idx)],
+                       side, T, sev, cache_dir=Path(cache_dir) if cache_dir else default_cache_dir(), progress=progress)
+    if reference is not None: rep["relative_to_reference"] = relative_errors(rep, reference)
+    return rep

@@ -18,8 +18,8 @@ LAYERS = {
     "callbacks": ("callbacks",),
     "methods": ("methods", "learner", "recipe", "speed", "fingerprint"),
     "runs": ("train", "finish", "evaluate", "predict", "serving", "compare", "analysis", "rebuild", "sets", "run_model", "testing",
-             "unfamiliar"),
-    "apps": ("cli", "app", "app_text", "__main__"),
+             "unfamiliar", "shift"),
+    "apps": ("cli", "cli_errors", "app", "app_text", "__main__"),
 }
 ORDER = list(LAYERS)
 

@@ -432,3 +432,24 @@ def test_holdout_classes_train_without_them_and_eval_ood_holdout_scores_them(tra
     n_held = len([f for f in (folder / "test" / "class_01").iterdir() if f.suffix.lower() != ".txt"])
     assert rep["ood"]["n_ood"] == n_held and "held-out" in rep["ood"]["source"] and rep["n_test"] == 2 * n_held
     _one_error_line(*cli("eval", trained[0] / "tiny" / "ce" / "seed0", "--ood", "holdout"), "holds no classes out")
+
+
+def test_eval_shift_reports_every_corruption_and_mce_against_a_reference(trained, tmp_path, monkeypatch):
+    pytest.importorskip("imagecorruptions", reason="needs the [shift] extra (imagecorruptions-imaug)")
+    from cskd_fastai.shift import CORRUPTIONS
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    runs, _ = trained
+    code, out = cli("eval", runs / "tiny" / "ce" / "seed0", "--shift", "2", "--max-images", "4", "--no-progress")
+    assert code == 0, out
+    ce = json.loads(out)
+    rep = ce["shift"]
+    assert set(rep["corruptions"]) == set(CORRUPTIONS) and rep["n_images"] == 4
+    assert all(set(v) == {"2"} for v in rep["corruptions"].values())
+    assert len(list((tmp_path / "cache").rglob("*.npy"))) == len(CORRUPTIONS) + 1          # cached: clean + 15
+    (tmp_path / "ce.json").write_text(out)
+    code, out = cli("eval", runs / "tiny" / "cskd-lam1-T4" / "seed0", "--shift", "2", "--max-images", "4",
+                    "--shift-ref", tmp_path / "ce.json", "--no-progress")
+    assert code == 0, out
+    rel = json.loads(out)["shift"]["relative_to_reference"]
+    assert set(rel["per_corruption"]) == set(CORRUPTIONS) and rel["mCE"] >= 0
+    _one_error_line(*cli("eval", runs / "tiny" / "ce" / "seed0", "--shift", "7"), "severities between 1 and 5")
