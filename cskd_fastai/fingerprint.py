@@ -33,7 +33,8 @@ def recipe_keys(recipe) -> dict:
     d = recipe.model_dump(mode="json")
     (method,), (seed,) = d.pop("methods"), d.pop("seeds")
     flat = _flat(d) | _flat(method, "method.") | {"seed": seed}
-    return {k: v for k, v in flat.items() if k not in RESULT_NEUTRAL_KEYS}
+    # `eval` (trust evaluations after training) cannot change the trained model either
+    return {k: v for k, v in flat.items() if k not in RESULT_NEUTRAL_KEYS and k.split(".")[0] != "eval"}
 
 
 def _item_key(item, root) -> str:

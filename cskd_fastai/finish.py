@@ -23,7 +23,7 @@ SELECTIVE_KEPT = ("aurc", "e_aurc", "augrc")
 from .recipe import Recipe
 from .rundir.examples import write_examples
 
-__all__ = ["environment", "final_eval", "finish_run"]
+__all__ = ["environment", "final_eval", "finish_run", "split_metrics"]
 
 
 def environment() -> dict:
@@ -49,10 +49,16 @@ def final_eval(learn, data: ImageDataset) -> tuple[dict, dict]:
     metrics, splits = {}, {}
     for name, idx in (("valid", 1), ("test", 2)):
         preds, targs = learn.get_preds(ds_idx=idx, act=noop)
-        metrics[name] = classification_metrics(preds, targs)
-        metrics[name].update({k: v for k, v in selective_metrics(preds, targs).items() if k in SELECTIVE_KEPT})
+        metrics[name] = split_metrics(preds, targs)
         splits[name] = (preds.float().cpu(), targs.long().cpu())
     return metrics, splits
+
+
+def split_metrics(logits, labels) -> dict:
+    "What metrics.json keeps per split (and `eval` recomputes): classification, calibration and `SELECTIVE_KEPT`."
+    out = classification_metrics(logits, labels)
+    out.update({k: v for k, v in selective_metrics(logits, labels).items() if k in SELECTIVE_KEPT})
+    return out
 
 
 def _flag(valid: tuple) -> dict:

@@ -111,6 +111,18 @@ class TrainCfg(_Strict):
         return v
 
 
+class ShiftCfg(_Strict):
+    severities: list[Annotated[int, Field(ge=1, le=5)]] = Field([1, 2, 3, 4, 5], min_length=1)
+    max_images: PositiveInt = Field(500, description="a seeded draw of the test images (glass blur is slow)")
+
+
+class EvalCfg(_Strict):
+    "Trust evaluations run right after each seed finishes, written to the run's trust.json (`eval --ood/--shift`)."
+    ood: list[str] = Field([], description="folders, registered datasets or 'holdout' (dataset.holdout_classes)")
+    ood_max: PositiveInt = 2000
+    shift: Optional[ShiftCfg] = None
+
+
 class Recipe(_Strict):
     name: str
     description: str = ""
@@ -120,6 +132,7 @@ class Recipe(_Strict):
     methods: list[Method] = Field(min_length=1)
     seeds: list[Annotated[int, Field(ge=0, lt=2 ** 32)]] = Field([0], min_length=1, description="seeds (--seed): "
                                                                   "whole numbers in [0, 2^32)")
+    eval: Optional[EvalCfg] = Field(None, description="trust evaluations after each seed (trust.json)")
 
     _name_safe = field_validator("name")(classmethod(lambda cls, v: _component(v)))
 

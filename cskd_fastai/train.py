@@ -29,6 +29,7 @@ from .callbacks.protocol import (DivergenceGuard, EpochCheckpoint, EpochLineLogg
 from .loaders import check_classes, dataset_labels
 from .datasets import ImageDataset
 from .pipeline import build_dls, image_cache, load_data
+from .evaluate import write_trust
 from .finish import environment, finish_run
 from .fingerprint import ResumeMismatch, fingerprint_changes, recipe_keys, run_fingerprint
 from .learner import plain_learner
@@ -235,10 +236,13 @@ def train_recipe(recipe: Recipe, out: Path, data_root: Optional[str] = None, res
     D.barrier()   # every rank has checked the run directories before rank 0 creates any
     for r, d in zip(runs, dirs):
         if resume and R.is_done(d):
-            log(f"skipping finished run {d}"); continue
-        if d.exists() and not (d / R.CHECKPOINT).exists() and any(d.iterdir()) and resume:
-            log(f"restarting {d}: it has no checkpoint yet")
-        train_run(r, d, data, resume=resume, log=log, progress=progress, cache=cache)
+            log(f"skipping finished run {d}")
+        else:
+            if d.exists() and not (d / R.CHECKPOINT).exists() and any(d.iterdir()) and resume:
+                log(f"restarting {d}: it has no checkpoint yet")
+            train_run(r, d, data, resume=resume, log=log, progress=progress, cache=cache)
+        if r.eval is not None and D.is_main() and not (d / R.TRUST).exists():   # also for a finished run it lacks
+            write_trust(d, r.eval, log=log)
     return dirs
 
 

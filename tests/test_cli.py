@@ -61,7 +61,8 @@ def test_train_writes_complete_run_dirs(trained):
         d = runs / "tiny" / label / "seed0"
         for f in RUN_FILES: assert (d / f).exists(), f"{d} lacks {f}"
         m = json.loads((d / "metrics.json").read_text())
-        assert set(m["test"]) == {"top1_err", "top5_err", "ece", "ece_adaptive", "ece_classwise", "nll", "brier"} and m["facts"]["n_test"] == 9
+        assert set(m["test"]) == {"top1_err", "top5_err", "ece", "ece_adaptive", "ece_classwise", "nll", "brier",
+                                      "aurc", "e_aurc", "augrc"} and m["facts"]["n_test"] == 9
         assert m["facts"]["selected_epoch"] == 2
         hist = (d / "history.csv").read_text().splitlines()
         assert len(hist) == 3
@@ -396,7 +397,7 @@ def test_eval_ood_predict_flag_and_the_stored_rule(trained, folder, tmp_path):
     for i in range(6): Image.fromarray(g.integers(0, 255, (16, 16, 3), dtype=np.uint8)).save(odd / f"noise_{i}.png")
     code, out = cli("eval", run, "--ood", odd)
     assert code == 0, out
-    rep = json.loads(out)["ood"]
+    rep = json.loads(out)["ood"][str(odd)]
     assert rep["n_ood"] == 6 and rep["unreadable"] == 0 and rep["source"].startswith("folder")
     for score in SCORES:
         m = rep["T=1"][score]
@@ -430,7 +431,8 @@ def test_holdout_classes_train_without_them_and_eval_ood_holdout_scores_them(tra
     assert code == 0, out
     rep = json.loads(out)
     n_held = len([f for f in (folder / "test" / "class_01").iterdir() if f.suffix.lower() != ".txt"])
-    assert rep["ood"]["n_ood"] == n_held and "held-out" in rep["ood"]["source"] and rep["n_test"] == 2 * n_held
+    assert rep["ood"]["holdout"]["n_ood"] == n_held and "held-out" in rep["ood"]["holdout"]["source"]
+    assert rep["n_test"] == 2 * n_held
     _one_error_line(*cli("eval", trained[0] / "tiny" / "ce" / "seed0", "--ood", "holdout"), "holds no classes out")
 
 
@@ -453,3 +455,30 @@ def test_eval_shift_reports_every_corruption_and_mce_against_a_reference(trained
     rel = json.loads(out)["shift"]["relative_to_reference"]
     assert set(rel["per_corruption"]) == set(CORRUPTIONS) and rel["mCE"] >= 0
     _one_error_line(*cli("eval", runs / "tiny" / "ce" / "seed0", "--shift", "7"), "severities between 1 and 5")
+
+
+def test_recipe_eval_writes_trust_json_after_each_seed_archive_keeps_it_and_resume_fills_it_in(folder, tmp_path):
+    """`eval:` in a recipe runs the trust evaluations right after a seed finishes (trust.json); `archive` keeps the
+    file; adding `eval:` to a finished recipe and resuming writes it without retraining."""
+    pytest.importorskip("imagecorruptions", reason="needs the [shift] extra (imagecorruptions-imaug)")
+    os.environ.setdefault("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    odd = tmp_path / "odd"; odd.mkdir()
+    from PIL import Image
+    for i in range(3): Image.new("RGB", (16, 16), (40 * i, 200, 10)).save(odd / f"o{i}.png")
+    recipe = write_recipe(tmp_path / "tiny.yaml", folder, epochs=1, methods=[dict(name="ce")])
+    code, out = cli("train", recipe, "--out", tmp_path / "runs", "--no-progress")
+    assert code == 0, out
+    run = tmp_path / "runs" / "tiny" / "ce" / "seed0"
+    assert not (run / "trust.json").exists()
+    rec = yaml.safe_load(recipe.read_text())
+    rec["eval"] = dict(ood=[str(odd)], shift=dict(severities=[1], max_images=3))
+    recipe.write_text(yaml.safe_dump(rec))
+    before = (run / "metrics.json").stat().st_mtime_ns
+    code, out = cli("train", recipe, "--out", tmp_path / "runs", "--resume", "--no-progress")
+    assert code == 0 and "skipping finished run" in out and "trust evaluations" in out, out
+    assert (run / "metrics.json").stat().st_mtime_ns == before                      # not retrained
+    trust = json.loads((run / "trust.json").read_text())
+    assert trust["ood"][str(odd)]["n_ood"] == 3 and trust["shift"]["n_images"] == 3 and "selective" in trust
+    code, out = cli("archive", run, "--to", tmp_path / "ev")
+    assert code == 0, out
+    assert json.loads((tmp_path / "ev" / "tiny" / "ce" / "seed0" / "trust.json").read_text()) == trust

@@ -31,7 +31,7 @@ from __future__ import annotations
 from ..safeio import disk_full_message, save_atomic, sha256  # noqa: F401  (what writers of a run dir use beside these)
 from .archive import ARCHIVED, archive_run
 from .examples import EXAMPLES, read_examples, write_examples
-from .files import (BEST, CHECKPOINT, DONE, ENV, EXPORT, HASHES, HISTORY, LOCK, LOGITS, METRICS, PNGS, RECIPE, RunDirError,
+from .files import (BEST, CHECKPOINT, DONE, ENV, EXPORT, HASHES, HISTORY, LOCK, LOGITS, METRICS, PNGS, RECIPE, TRUST, RunDirError,
                     RunLockedError, WEIGHTS, load_checkpoint, load_hashed, load_weights, read_json, read_verified,
                     read_yaml, record_hash, save_hashed, save_weights, verify_hash)
 from .layout import (Run, find_runs, finished_runs, is_done, load_logits, load_run, load_run_learner, mark_done,
