@@ -118,6 +118,31 @@ def test_partner_pass_is_separate_and_in_train_mode(dls):
     assert [c[2] for c in train_calls] == [True, False] * (len(train_calls) // 2)
 
 
+def test_partner_mode_eval_runs_partners_in_eval_mode_and_restores_every_module(dls):
+    """The diagnostic `partner_mode='eval'`: anchors in train mode, partners with BatchNorm on running statistics (no
+    update of them) and no grad; each module's mode afterwards is the one it had, a BatchNorm kept in eval too."""
+    from cskd_fastai import CSKD
+    net = TinyNet(bn=True)
+    calls = []
+    net.bn.register_forward_hook(lambda mod, inp, out: calls.append((mod.training, torch.is_grad_enabled())))
+    learn = cskd_learner(dls, net, opt_func=SGD, lr=0.01)
+    learn.cbs = learn.cbs.filter(lambda cb: not isinstance(cb, CSKD))
+    learn.add_cb(CSKD(lam=1.0, partner_mode="eval"))
+    seen = []
+    class Check(Callback):
+        order = 90
+        def after_pred(self):
+            if self.training: seen.append((self.model.training, net.bn.training, net.bn.num_batches_tracked.item()))
+    learn.fit(1, cbs=Check())
+    train = [c for c in calls if c[1] or not c[0]][: 2 * len(dls.train)]
+    assert train[0] == (True, True) and train[1] == (False, False)    # anchor: train + grad; partner: eval, no grad
+    assert all(m and bn for m, bn, _ in seen)                          # back in train mode for the anchors' loss
+    # running statistics move once per batch (anchors), not twice
+    assert [n for *_, n in seen] == list(range(1, len(seen) + 1))
+    with pytest.raises(ValueError, match="needs a partner pass"): CSKD(partner_mode="eval", variant="in_batch")
+    with pytest.raises(ValueError, match="partner_mode must be"): CSKD(partner_mode="test")
+
+
 def test_validation_is_plain_cross_entropy(dls):
     learn = cskd_learner(dls, TinyNet(), lam=5.0, opt_func=SGD, lr=0.01)
     learn.fit(1)

@@ -57,13 +57,16 @@ class CSKD(KDCallback):
       KD term between the two members of each pair in both directions, the target side detached (asked in
       alinlab/cs-kd#3). Distilling between samples of one batch has prior art in BAKE (Ge et al.,
       "Self-distillation with Batch Knowledge Ensembling Improves ImageNet Classification", 2021), which
-      ensembles the predictions of similar samples in the batch; here the partner is a same-class image."""
+      ensembles the predictions of similar samples in the batch; here the partner is a same-class image.
+    `partner_mode='eval'` (a diagnostic, not the paper's) runs the partner pass in eval mode: no dropout, BatchNorm's
+    running statistics."""
     # KDCallback.order: split the batch before MixUp/CutMix mix it
     stat_names = ("train_ce", "train_kd", "cskd_lam", "partner_conf", "partner_entropy", "anchor_conf")
     n_sums = 6   # sums of CE, KD, partner confidence, partner entropy at T, anchor confidence; then the count
 
     def __init__(self, lam: LamSchedule = 1.0, temp: float = 4.0, lam_warmup: float = 0.0, log_stats: bool = True,
-                 variant: str = "published", tckd_weight: float = 0.0, nckd_weight: float = 1.0):
+                 variant: str = "published", tckd_weight: float = 0.0, nckd_weight: float = 1.0,
+                 partner_mode: str = "train"):
         _check_lam(lam); check_temp(temp); _check_warmup(lam_warmup)   # check_temp: one rule for every method
         if callable(lam) and lam_warmup > 0:
             raise ValueError("pass either a λ schedule (e.g. warmup_schedule(lam, w)) or lam_warmup, not both: they "
@@ -73,6 +76,10 @@ class CSKD(KDCallback):
             raise ValueError(f"variant {variant!r} takes its partners from a store: use StoredCSKD (or "
                              f"cskd_learner(..., variant={variant!r})); CSKD's variants are {PAIRED_VARIANTS}")
         check_weight(tckd_weight, "tckd_weight"); check_weight(nckd_weight, "nckd_weight")
+        if partner_mode not in ("train", "eval") or (partner_mode == "eval" and v.partners == "in_batch"):
+            raise ValueError(f"partner_mode must be 'train' (as published) or 'eval', and 'eval' needs a partner pass "
+                             f"(not variant in_batch); got {partner_mode!r} with variant {variant!r}")
+        self.partner_mode = partner_mode
         self.lam, self.temp, self.lam_warmup, self.log_stats = lam, float(temp), float(lam_warmup), log_stats
         self.variant, self.tckd_weight, self.nckd_weight = variant, float(tckd_weight), float(nckd_weight)
         self.in_batch, self.term = v.partners == "in_batch", v.term
@@ -113,8 +120,20 @@ class CSKD(KDCallback):
 
     def after_pred(self):
         if self.in_batch: return
-        # Separate forward, same network in train mode: partners get their own BatchNorm statistics and no graph
-        with torch.no_grad(): self.partner_pred = self.learn.model(*self.partner_xb)
+        # Separate forward, same network in train mode: partners get their own BatchNorm statistics and no graph.
+        # partner_mode 'eval' (a diagnostic, not the paper's): dropout off and BatchNorm's running statistics, i.e. the
+        # target the model would predict for the partner (docs/results.md §7: fastai's head dropout makes the train-mode
+        # target of a fine-tuned model far less accurate than its own prediction)
+        model = self.learn.model
+        if self.partner_mode == "train":
+            with torch.no_grad(): self.partner_pred = model(*self.partner_xb)
+            return
+        modes = [(m, m.training) for m in model.modules()]   # restored as found (e.g. a BatchNorm kept in eval)
+        model.eval()
+        try:
+            with torch.no_grad(): self.partner_pred = model(*self.partner_xb)
+        finally:
+            for m, mode in modes: m.training = mode
 
     def _term(self, anchor, partner, labels):
         "This variant's KD term (`losses.KD_TERMS`), mean over anchors."

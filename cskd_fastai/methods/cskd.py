@@ -33,6 +33,8 @@ class CSKDMethod(ClassWiseKDFields):
                                               "(cskd_fastai.variants; the stored form is `name: cskd_stored`)")
     tckd_weight: float = Field(0.0, ge=0, description="variant decoupled: weight of the target-class part")
     nckd_weight: float = Field(1.0, ge=0, description="variant decoupled: weight of the non-target part")
+    partner_mode: Literal["train", "eval"] = Field("train", description="the partner pass in train mode (as "
+                                                   "published) or eval mode (a diagnostic: no dropout, running BN stats)")
 
     paired: ClassVar[bool] = True
 
@@ -40,19 +42,22 @@ class CSKDMethod(ClassWiseKDFields):
     def _decoupled_only(self):
         if self.variant != "decoupled" and (self.tckd_weight, self.nckd_weight) != (0.0, 1.0):
             raise ValueError("tckd_weight / nckd_weight only apply to variant: decoupled")
+        if self.partner_mode == "eval" and self.variant == "in_batch":
+            raise ValueError("partner_mode: eval needs a partner pass; variant in_batch has none")
         return self
 
     def base_label(self) -> str:
         s = f"cskd-lam{self.lam:g}-T{self.temp:g}" + (f"-wu{self.lam_warmup:g}" if self.lam_warmup else "")
         if self.variant == "decoupled": s += f"-dec{self.tckd_weight:g}-{self.nckd_weight:g}"
         elif self.variant != "published": s += f"-{self.variant.replace('_', '')}"
-        return s
+        return s + ("-peval" if self.partner_mode == "eval" else "")
 
     def facts(self) -> dict:
         return dict(lam=self.lam, temp=self.temp, lam_warmup=self.lam_warmup, variant=self.variant,
+                    **({"partner_mode": "eval"} if self.partner_mode == "eval" else {}),
                     **({"tckd_weight": self.tckd_weight, "nckd_weight": self.nckd_weight} if self.variant == "decoupled" else {}))
 
     def method_callbacks(self, n_epochs: int) -> list:
         from ..callbacks.cskd import CSKD
         return [CSKD(lam=self.lam, temp=self.temp, lam_warmup=self.lam_warmup, variant=self.variant,
-                     tckd_weight=self.tckd_weight, nckd_weight=self.nckd_weight)]
+                     tckd_weight=self.tckd_weight, nckd_weight=self.nckd_weight, partner_mode=self.partner_mode)]
