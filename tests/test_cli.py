@@ -441,15 +441,15 @@ def test_eval_shift_reports_every_corruption_and_mce_against_a_reference(trained
     from cskd_fastai.shift import CORRUPTIONS
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     runs, _ = trained
-    code, out = cli("eval", runs / "tiny" / "ce" / "seed0", "--shift", "2", "--max-images", "4", "--no-progress")
+    code, out = cli("eval", runs / "tiny" / "ce" / "seed0", "--shift", "2", "--max-images", "2", "--no-progress")
     assert code == 0, out
     ce = json.loads(out)
     rep = ce["shift"]
-    assert set(rep["corruptions"]) == set(CORRUPTIONS) and rep["n_images"] == 4
+    assert set(rep["corruptions"]) == set(CORRUPTIONS) and rep["n_images"] == 2
     assert all(set(v) == {"2"} for v in rep["corruptions"].values())
     assert len(list((tmp_path / "cache").rglob("*.npy"))) == len(CORRUPTIONS) + 1          # cached: clean + 15
     (tmp_path / "ce.json").write_text(out)
-    code, out = cli("eval", runs / "tiny" / "cskd-lam1-T4" / "seed0", "--shift", "2", "--max-images", "4",
+    code, out = cli("eval", runs / "tiny" / "cskd-lam1-T4" / "seed0", "--shift", "2", "--max-images", "2",
                     "--shift-ref", tmp_path / "ce.json", "--no-progress")
     assert code == 0, out
     rel = json.loads(out)["shift"]["relative_to_reference"]
@@ -457,28 +457,30 @@ def test_eval_shift_reports_every_corruption_and_mce_against_a_reference(trained
     _one_error_line(*cli("eval", runs / "tiny" / "ce" / "seed0", "--shift", "7"), "severities between 1 and 5")
 
 
-def test_recipe_eval_writes_trust_json_after_each_seed_archive_keeps_it_and_resume_fills_it_in(folder, tmp_path):
+def test_recipe_eval_writes_trust_json_after_each_seed_archive_keeps_it_and_resume_fills_it_in(trained, folder, tmp_path,
+                                                                                                monkeypatch):
     """`eval:` in a recipe runs the trust evaluations right after a seed finishes (trust.json); `archive` keeps the
     file; adding `eval:` to a finished recipe and resuming writes it without retraining."""
     pytest.importorskip("imagecorruptions", reason="needs the [shift] extra (imagecorruptions-imaug)")
-    os.environ.setdefault("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     odd = tmp_path / "odd"; odd.mkdir()
     from PIL import Image
     for i in range(3): Image.new("RGB", (16, 16), (40 * i, 200, 10)).save(odd / f"o{i}.png")
-    recipe = write_recipe(tmp_path / "tiny.yaml", folder, epochs=1, methods=[dict(name="ce")])
-    code, out = cli("train", recipe, "--out", tmp_path / "runs", "--no-progress")
-    assert code == 0, out
+    import shutil
+    shutil.copytree(trained[0], tmp_path / "runs")          # the module's finished runs, copied: no training here
+    recipe = write_recipe(tmp_path / "tiny.yaml", folder)
     run = tmp_path / "runs" / "tiny" / "ce" / "seed0"
     assert not (run / "trust.json").exists()
     rec = yaml.safe_load(recipe.read_text())
-    rec["eval"] = dict(ood=[str(odd)], shift=dict(severities=[1], max_images=3))
+    rec["eval"] = dict(ood=[str(odd)], shift=dict(severities=[1], max_images=2))
+    rec["methods"] = [dict(name="ce")]
     recipe.write_text(yaml.safe_dump(rec))
     before = (run / "metrics.json").stat().st_mtime_ns
     code, out = cli("train", recipe, "--out", tmp_path / "runs", "--resume", "--no-progress")
     assert code == 0 and "skipping finished run" in out and "trust evaluations" in out, out
     assert (run / "metrics.json").stat().st_mtime_ns == before                      # not retrained
     trust = json.loads((run / "trust.json").read_text())
-    assert trust["ood"][str(odd)]["n_ood"] == 3 and trust["shift"]["n_images"] == 3 and "selective" in trust
+    assert trust["ood"][str(odd)]["n_ood"] == 3 and trust["shift"]["n_images"] == 2 and "selective" in trust
     code, out = cli("archive", run, "--to", tmp_path / "ev")
     assert code == 0, out
     assert json.loads((tmp_path / "ev" / "tiny" / "ce" / "seed0" / "trust.json").read_text()) == trust
