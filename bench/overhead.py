@@ -250,9 +250,9 @@ def main(argv=None):
     if args.variant == "stored":   # same callback order as CSKD, so CSKDTimer brackets it too
         from cskd_fastai.callbacks import StoredCSKD
         kd = plain_learner(dls, arch, cbs=[*timers, StoredCSKD(log_stats=not args.no_stats)])
-    else: kd = cskd_learner(dls, arch, cbs=timers)
+    else: kd = cskd_learner(dls, arch, cbs=timers, variant=args.variant)   # the variant decides the batch's path
     for cb in kd.cbs:
-        if isinstance(cb, CSKD): cb.log_stats, cb.variant = not args.no_stats, args.variant
+        if isinstance(cb, CSKD): cb.log_stats = not args.no_stats
     for learn in (ce, kd):
         learn.model.to(device)
         if args.phase == "frozen": learn.freeze()
