@@ -1,6 +1,6 @@
 """Run directories: what `cskd-fastai train` writes, and how `eval`, `compare`, `analyze` and the demo read it.
-`files` names and checks the files, `lock` keeps one writer, `layout` reads a run, `archive` keeps its small files,
-`examples` its demo thumbnails.
+`files` names and checks the files, `lock` keeps one writer, `layout` reads a run, `archive` keeps its small files
+(`compact` their logits), `examples` its demo thumbnails.
 
 Layout of one run (one method, one seed):
     recipe.yaml      the resolved recipe of this run (single method, single seed)
@@ -13,6 +13,7 @@ Layout of one run (one method, one seed):
     export.pkl       the exported learner for fastai's `load_learner` (a pickle: load only one you trust; this
                      package never unpickles it when model.safetensors is there)
     reliability.png, curves.png
+    trust.json       the trust evaluations a recipe's `eval:` asks for (OOD, corruption, selective), when it does
     checkpoint.pth   the last finished epoch (model, optimizer, RNG states), kept for `--resume`
     hashes.json      SHA-256 of export.pkl and checkpoint.pth, written with them and checked before either is
                      unpickled (a file changed or truncated since `train` wrote it is refused, not loaded)
@@ -21,7 +22,9 @@ Layout of one run (one method, one seed):
     .lock            held (flock) by the one process writing the run; released, even on a kill, when it exits
 
 An *archived* run (`archive_run`, `cskd-fastai archive`) keeps only the small files that `compare` and the docs
-scripts (temperature scaling, diagnostics, paired tests) read: recipe, env, history, metrics, logits and DONE.
+scripts (temperature scaling, diagnostics, paired tests) read: recipe, env, history, metrics, trust.json if any, the
+logits in the compact float16 `logits.npz` (`compact`: top-k errors exact, the other metrics within stated bounds)
+and DONE.
 Committed under `docs/evidence/`, it lets seeds trained in different sessions or on different machines be compared
 as one table, without the export and checkpoint (over 100 MB for a ResNet-18 run; `eval`, `analyze` and the demo
 need those).
