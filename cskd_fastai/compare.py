@@ -38,15 +38,14 @@ AGREE_TOL = 1e-4
 
 def check_agrees(p: Path, split: str, stored: dict, recomputed: dict) -> None:
     "One `RunDirError` line naming the run and the metric when metrics.json disagrees with the stored logits."
-    from .rundir import LOGITS
     from .rundir.compact import COMPACT_LOGITS, COMPACT_TOL
-    compact = not (Path(p) / LOGITS).exists() and (Path(p) / COMPACT_LOGITS).exists()
+    from .rundir.layout import logits_file
+    name = logits_file(p)
     for k, v in recomputed.items():
-        tol = COMPACT_TOL.get(k, AGREE_TOL) if compact else AGREE_TOL
+        tol = COMPACT_TOL.get(k, AGREE_TOL) if name == COMPACT_LOGITS else AGREE_TOL
         if k in stored and not (isinstance(stored[k], (int, float)) and abs(float(stored[k]) - v) <= tol):
-            raise RunDirError(f"run dir {p}: metrics.json says {split} {k} = {stored[k]!r} but its "
-                              f"{COMPACT_LOGITS if compact else LOGITS} gives {v:.6g}; one of the two was changed "
-                              f"after training: restore the run or retrain it")
+            raise RunDirError(f"run dir {p}: metrics.json says {split} {k} = {stored[k]!r} but its {name} gives "
+                              f"{v:.6g}; one of the two was changed after training: restore the run or retrain it")
 
 
 def _scores(p: Path, split: str, metrics: dict) -> dict:

@@ -69,17 +69,16 @@ def evaluate_run(run_dir, data_root: Optional[str] = None, ood=None, ood_max: in
 def _shift(recipe, learn, items, labels, T, severities, ref, n_max, cache_dir, progress) -> dict:
     "`shift.shift_report` on a seeded draw of at most `n_max` test images (+ `relative_errors` against `ref`)."
     import json
-    import numpy as np
     from .cache import cache_side
     from .shift import default_cache_dir, parse_severities, relative_errors, shift_report
+    from .unfamiliar import draw_index
     sev = parse_severities(severities)
     reference = None
     if ref is not None:
         try: reference = json.loads(Path(ref).read_text())
         except (OSError, ValueError) as e: raise ValueError(f"--shift-ref {ref}: not a JSON report of `eval --shift` ({e})") from None
         reference = reference.get("shift", reference)
-    idx = np.arange(len(items))
-    if len(items) > n_max: idx = np.sort(np.random.default_rng(0).choice(len(items), n_max, replace=False))
+    idx = draw_index(len(items), n_max)
     side = cache_side(recipe.dataset.image_size, recipe.train.augment)
     rep = shift_report(lambda xs: predict_logits(learn, xs), [items[i] for i in idx], labels[torch.as_tensor(idx)],
                        side, T, sev, cache_dir=Path(cache_dir) if cache_dir else default_cache_dir(), progress=progress)

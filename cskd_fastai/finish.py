@@ -17,13 +17,13 @@ from .datasets import ImageDataset
 from .pipeline import build_dls
 from .metrics import classification_metrics
 from .metrics.selective import selective_metrics
-
-# selective-prediction numbers kept in metrics.json beside the calibration ones (T = 1; `eval` prints them all)
-SELECTIVE_KEPT = ("aurc", "e_aurc", "augrc")
 from .recipe import Recipe
 from .rundir.examples import write_examples
 
 __all__ = ["environment", "final_eval", "finish_run", "split_metrics"]
+
+# selective-prediction numbers kept in metrics.json beside the calibration ones (T = 1; `eval` prints them all)
+SELECTIVE_KEPT = ("aurc", "e_aurc", "augrc")
 
 
 def environment() -> dict:

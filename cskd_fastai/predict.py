@@ -59,7 +59,7 @@ def predict_files(run_dir, paths: Sequence, k: int = 5, temperature: Union[str, 
     from .serving import load_model, predict_logits
     from .metrics.calibration import apply_temperature
     from .images import safe_image
-    from .metrics.ood import familiarity_flag, flagged
+    from .metrics.ood import flagged
     if isinstance(k, bool) or int(k) != k or k < 1: raise ValueError(f"--top-k must be a positive integer, got {k!r}")
     temperature = parse_temperature(temperature)
     if coverage is not None and not (isinstance(coverage, (int, float)) and 0 < coverage < 1):
@@ -73,7 +73,7 @@ def predict_files(run_dir, paths: Sequence, k: int = 5, temperature: Union[str, 
         sets = SetPredictor(entry, coverage, score, classwise, T=T)   # a too small validation split: one line, now
     learn, k = entry.learn, min(int(k), len(entry.classes))
     # the run's unfamiliar-image rule (fixed on validation at its fitted T, whatever T the probabilities are shown at)
-    flag = familiarity_flag(entry.valid[0].numpy(), entry.temperature) if entry.valid is not None else None
+    flag = entry.familiarity()
     rows = [dict(path=str(f), top=[], T=T, error=None, unfamiliar=None) for f in files]
     chunks = [list(range(i, min(i + bs, len(files)))) for i in range(0, len(files), bs)]
     if progress is None: progress = sys.stdout.isatty()

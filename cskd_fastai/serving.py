@@ -57,6 +57,16 @@ class ModelEntry:
     @property
     def fitted_temperature(self) -> float | None: return None if self.fit is None else self.fit.fitted
 
+    def familiarity(self) -> dict | None:
+        """The run's unfamiliar-image rule (`metrics.ood.familiarity_flag` on its validation logits at its T), computed
+        once per (validation logits, T) instead of for every image; None without stored validation logits."""
+        if self.valid is None: return None
+        key = (id(self.valid[0]), self.temperature)
+        if getattr(self, "_familiarity", (None, None))[0] != key:
+            from .metrics.ood import familiarity_flag
+            self._familiarity = (key, familiarity_flag(self.valid[0].numpy(), self.temperature))
+        return self._familiarity[1]
+
     @property
     def degenerate_fit(self) -> bool:
         "Whether the fitted T is not applied because the validation data cannot support it (see `fit.reason`)."
@@ -260,7 +270,7 @@ def unusual_confidence(entry: ModelEntry, logits: Tensor) -> tuple[bool, float] 
     None without stored validation logits. The rule (`metrics.ood.familiarity_flag`) is fixed on the validation
     split at 95% TPR and stored in metrics.json; it is recomputed here from the same stored logits, so runs trained
     before it existed get it too. A hint, not a proof: see `metrics.ood.FLAG_MEANING`."""
-    from .metrics.ood import familiarity_flag, flagged
-    if entry.valid is None: return None
-    flag = familiarity_flag(entry.valid[0], entry.temperature)
+    from .metrics.ood import flagged
+    flag = entry.familiarity()
+    if flag is None: return None
     return bool(flagged(logits.detach().cpu().numpy(), flag)[0]), flag["threshold"]

@@ -84,9 +84,11 @@ def corrupted_set(items: Sequence, side: int, name: str, severity: int, cache_di
             if work != side: y = np.asarray(Image.fromarray(y[:work, :work]).resize((side, side), Image.BILINEAR))
             out[i] = y[:side, :side]
     if f is not None:
+        from .safeio import save_atomic
         f.parent.mkdir(parents=True, exist_ok=True)
-        tmp = f.with_name(f.name + ".tmp.npy")
-        np.save(tmp, out); os.replace(tmp, f)
+        def write(tmp):   # through a handle: np.save given a path would append ".npy" to save_atomic's temp name
+            with open(tmp, "wb") as fh: np.save(fh, out)
+        save_atomic(write, f)
     return out
 
 

@@ -11,7 +11,7 @@ import numpy as np
 
 from .metrics.ood import SCORES, familiarity_flag, flagged, ood_metrics, ood_score
 
-__all__ = ["ood_items", "ood_logits", "ood_report", "draw"]
+__all__ = ["ood_items", "ood_logits", "ood_report", "draw", "draw_index"]
 
 
 def ood_items(source: str, data_root=None, n_max: int = 2000, seed: int = 0) -> tuple[list, str]:
@@ -31,11 +31,16 @@ def ood_items(source: str, data_root=None, n_max: int = 2000, seed: int = 0) -> 
     return draw(items, what, n_max, seed)
 
 
+def draw_index(n: int, n_max: int, seed: int = 0) -> np.ndarray:
+    "Indices of at most `n_max` of `n` items, a seeded draw, in the items' order (all of them when n <= n_max)."
+    if n <= n_max: return np.arange(n)
+    return np.sort(np.random.default_rng(seed).choice(n, n_max, replace=False))
+
+
 def draw(items: list, what: str, n_max: int = 2000, seed: int = 0) -> tuple[list, str]:
-    "At most `n_max` of `items`, a seeded draw in their order, and `what` saying so."
+    "At most `n_max` of `items` (`draw_index`), and `what` saying so."
     if len(items) <= n_max: return items, what
-    keep = np.sort(np.random.default_rng(seed).choice(len(items), n_max, replace=False))
-    return [items[i] for i in keep], f"{what} ({n_max} of {len(items)}, seeded draw)"
+    return [items[i] for i in draw_index(len(items), n_max, seed)], f"{what} ({n_max} of {len(items)}, seeded draw)"
 
 
 def ood_logits(learn, items, bs: int = 64):

@@ -74,11 +74,15 @@ def save_logits(run_dir, splits: dict, classes) -> Path:
     return Path(run_dir) / LOGITS
 
 
+def logits_file(path) -> str:
+    "The name of the logits file `load_logits` reads in `path`: `logits.pt`, or an archived run's `logits.npz`."
+    return COMPACT_LOGITS if not (Path(path) / LOGITS).exists() and (Path(path) / COMPACT_LOGITS).exists() else LOGITS
+
+
 def load_logits(path, split: str = "test") -> tuple[torch.Tensor, torch.Tensor, list]:
     """(logits, labels, classes) stored for `split` ('valid' or 'test'): a live run's `logits.pt`, or an archived
     run's `logits.npz` (`rundir.compact`) where that is all there is."""
-    if not (Path(path) / LOGITS).exists() and (Path(path) / COMPACT_LOGITS).exists():
-        return _load_compact_split(Path(path), split)
+    if logits_file(path) == COMPACT_LOGITS: return _load_compact_split(Path(path), split)
     f = need_file(Path(path), LOGITS, "stored logits")
     try: d = torch.load(f, map_location="cpu", weights_only=True)   # tensors and lists only: no code runs
     except Exception as e:
