@@ -1,0 +1,67 @@
+"""Tables of a trust grid (issue #39 part 5; docs/results.md §11): every archived seed's trust.json under
+EVIDENCE/RECIPE, mean ± std over seeds per method. mCE pairs each seed with the CE run of the same seed.
+
+    python docs/scripts/trust_grid_table.py docs/evidence/cub100_finetune_trust
+"""
+import glob
+import json
+import os
+import sys
+from collections import defaultdict
+
+import numpy as np
+
+from cskd_fastai.shift import relative_errors
+
+if len(sys.argv) != 2: sys.exit(__doc__)
+runs = defaultdict(dict)   # label -> seed -> trust
+for f in sorted(glob.glob(os.path.join(sys.argv[1], '*', 'seed*', 'trust.json'))):
+    seed_dir = os.path.dirname(f)
+    runs[os.path.basename(os.path.dirname(seed_dir))][os.path.basename(seed_dir)] = json.load(open(f))
+
+
+def ms(xs, fmt):
+    xs = [x for x in xs if x is not None]
+    if not xs: return "—"
+    return fmt.format(np.mean(xs)) + ("" if len(xs) == 1 else " ± " + fmt.format(np.std(xs, ddof=1)))
+
+
+def at(d, fitted):
+    "The 'T=1' entry, or the fitted-T one."
+    keys = [k for k in d if k.startswith('T=')]
+    return d[[k for k in keys if k != 'T=1'][0] if fitted else 'T=1']
+
+
+def ood(r, src, score, metric, fitted):
+    o = r.get('ood', {}).get(src)
+    return at(o, fitted)[score][metric] if o else None
+
+
+order = sorted(runs, key=lambda k: (k != 'ce', k))
+print("| method | seeds | test top-1 err (%) | AURC T=1 / at T | near-OOD AUROC MSP T=1 / at T | near-OOD AUROC energy | "
+      "near-OOD FPR95 MSP at T | flagged: test / held-out species | far-OOD AUROC MSP: F-MNIST / digits |")
+print("|---|---|---|---|---|---|---|---|---|")
+for k in order:
+    rs = list(runs[k].values())
+    print(f"| {k} | {len(rs)} | {ms([r['test']['top1_err'] * 100 for r in rs], '{:.2f}')} | "
+          f"{ms([at(r['selective'], 0)['aurc'] for r in rs], '{:.3f}')} / {ms([at(r['selective'], 1)['aurc'] for r in rs], '{:.3f}')} | "
+          f"{ms([ood(r, 'holdout', 'msp', 'auroc', 0) for r in rs], '{:.3f}')} / {ms([ood(r, 'holdout', 'msp', 'auroc', 1) for r in rs], '{:.3f}')} | "
+          f"{ms([ood(r, 'holdout', 'energy', 'auroc', 1) for r in rs], '{:.3f}')} | "
+          f"{ms([ood(r, 'holdout', 'msp', 'fpr95', 1) for r in rs], '{:.3f}')} | "
+          f"{ms([r['ood']['holdout']['flag']['test_flagged'] for r in rs if 'holdout' in r.get('ood', {})], '{:.3f}')} / "
+          f"{ms([r['ood']['holdout']['flag']['ood_flagged'] for r in rs if 'holdout' in r.get('ood', {})], '{:.3f}')} | "
+          f"{ms([ood(r, 'fashion_mnist', 'msp', 'auroc', 1) for r in rs], '{:.3f}')} / {ms([ood(r, 'digits', 'msp', 'auroc', 1) for r in rs], '{:.3f}')} |")
+print()
+print("| method | seeds | clean top-1 err (%) | corrupted top-1 err (%) sev 1 / 3 / 5 | mean ECE raw / at T | mean NLL raw / at T | mCE vs CE (same seed) |")
+print("|---|---|---|---|---|---|---|")
+ce = runs.get('ce', {})
+for k in order:
+    rs = runs[k]
+    sh = [r['shift'] for r in rs.values() if 'shift' in r]
+    rel = [relative_errors(r['shift'], ce[s]['shift'])['mCE'] for s, r in rs.items() if 'shift' in r and s in ce]
+    sev = " / ".join(ms([s['mean_by_severity'][v]['top1_err'] * 100 for s in sh], '{:.1f}')
+                     for v in sorted(sh[0]['mean_by_severity'], key=int)) if sh else "—"
+    print(f"| {k} | {len(sh)} | {ms([s['clean']['top1_err'] * 100 for s in sh], '{:.1f}')} | {sev} | "
+          f"{ms([s['mean']['ece'] for s in sh], '{:.3f}')} / {ms([s['mean']['ece_ts'] for s in sh], '{:.3f}')} | "
+          f"{ms([s['mean']['nll'] for s in sh], '{:.2f}')} / {ms([s['mean']['nll_ts'] for s in sh], '{:.2f}')} | "
+          f"{ms(rel, '{:.3f}')} |")
