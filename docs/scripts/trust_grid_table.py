@@ -17,7 +17,9 @@ if len(sys.argv) != 2: sys.exit(__doc__)
 runs = defaultdict(dict)   # label -> seed -> trust
 for f in sorted(glob.glob(os.path.join(sys.argv[1], '*', 'seed*', 'trust.json'))):
     seed_dir = os.path.dirname(f)
-    runs[os.path.basename(os.path.dirname(seed_dir))][os.path.basename(seed_dir)] = json.load(open(f))
+    r = json.load(open(f))
+    r.setdefault('test', json.load(open(os.path.join(seed_dir, 'metrics.json')))['test'])   # trust.json keeps no test metrics
+    runs[os.path.basename(os.path.dirname(seed_dir))][os.path.basename(seed_dir)] = r
 
 
 def ms(xs, fmt):
@@ -27,9 +29,9 @@ def ms(xs, fmt):
 
 
 def at(d, fitted):
-    "The 'T=1' entry, or the fitted-T one."
-    keys = [k for k in d if k.startswith('T=')]
-    return d[[k for k in keys if k != 'T=1'][0] if fitted else 'T=1']
+    "The 'T=1' entry, or the fitted-T one (the 'T=1' one where validation supported no fit: then there is no other)."
+    other = [k for k in d if k.startswith('T') and k != 'T=1']
+    return d[other[0]] if fitted and other else d['T=1']
 
 
 def ood(r, src, score, metric, fitted):
