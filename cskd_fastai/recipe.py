@@ -99,9 +99,10 @@ class TrainCfg(_Strict):
 
     @model_validator(mode="after")
     def _fine_tune_epochs(self):
-        if self.schedule == "fine_tune" and self.freeze_epochs >= self.epochs:
-            raise ValueError(f"schedule fine_tune: epochs ({self.epochs}) counts the frozen ones too and must exceed "
-                             f"freeze_epochs ({self.freeze_epochs})")
+        if self.schedule == "fine_tune" and self.freeze_epochs > self.epochs:
+            raise ValueError(f"schedule fine_tune: epochs ({self.epochs}) counts the frozen ones too and must be at "
+                             f"least freeze_epochs ({self.freeze_epochs}); equal trains the head only, as fastai's "
+                             f"fine_tune(0)")
         return self
 
     @field_validator("milestones")

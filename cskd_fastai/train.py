@@ -179,6 +179,9 @@ def _train_locked(recipe: Recipe, run_dir: Path, data: ImageDataset, resume: boo
     log(f"training {recipe.name} / {meth.run_label} / seed {recipe.seed}: {n_train} train, "
         f"{len(dls.valid_ds)} valid, {len(dls.loaders[2].dataset)} test images, {len(data.classes)} classes"
         + (f"; {D.world_size()} processes x {tc.bs} anchors per step" if D.is_distributed() else ""))
+    if tc.schedule == "fine_tune" and tc.epochs == tc.freeze_epochs:
+        log(f"fine_tune with epochs = freeze_epochs = {tc.epochs}: only the head trains (fastai's fine_tune(0)); "
+            f"train.epochs counts the frozen epochs too, so raise it for unfrozen ones")
     t0 = time.time()
     if start_epoch < tc.epochs:
         with D.distrib_ctx(learn):

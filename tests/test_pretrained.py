@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -211,9 +212,28 @@ def test_a_fine_tune_recipe_resumes_in_either_phase(folder32, tmp_path, monkeypa
                                atol=2e-4), (phase, a, b)
 
 
-def test_fine_tune_needs_an_unfrozen_epoch(tmp_path):
+def test_fine_tune_epochs_count_the_frozen_ones(tmp_path):
     rec = dict(name="ft", dataset=dict(name="digits", image_size=8), model=dict(arch="small_cnn"),
-               train=dict(epochs=1, freeze_epochs=1, bs=4, lr=1e-3, schedule="fine_tune"), methods=[dict(name="ce")])
+               train=dict(epochs=1, freeze_epochs=2, bs=4, lr=1e-3, schedule="fine_tune"), methods=[dict(name="ce")])
     (tmp_path / "r.yaml").write_text(yaml.safe_dump(rec))
     code, out = cli("check", tmp_path / "r.yaml")
-    assert code == 2 and "must exceed freeze_epochs" in out, out
+    assert code == 2 and "must be at least freeze_epochs (2)" in out, out
+    rec["train"]["freeze_epochs"] = 1                                     # equal: the head only, as fastai's fine_tune(0)
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump(rec))
+    assert cli("check", tmp_path / "r.yaml")[0] == 0
+
+
+@needs_extra
+def test_fine_tune_of_zero_unfrozen_epochs_trains_the_head_as_fastai_does(folder32):
+    from cskd_fastai import plain_learner
+    def run(ours):
+        set_seed(0)
+        learn = plain_learner(make_dls(folder32, paired=False), "efficientnet_lite0")
+        body = [p.detach().clone() for p in learn.splitter(learn.model)[0] if p.ndim > 1]
+        rec = Record()
+        (learn.fine_tune if ours else partial(Learner.fine_tune, learn))(0, 1e-3, freeze_epochs=1, cbs=[rec])
+        after = [p for p in learn.splitter(learn.model)[0] if p.ndim > 1]
+        return np.array(rec.rows), all(torch.equal(a, b) for a, b in zip(body, after))
+    (a, kept_a), (b, kept_b) = run(True), run(False)
+    assert a.shape == b.shape == (5, 5) and kept_a and kept_b               # 1 epoch x 5 batches; body conv weights untouched
+    assert np.allclose(a[:, :-1], b[:, :-1], rtol=1e-5, atol=0) and (a[:, -1] == b[:, -1]).all()

@@ -38,9 +38,9 @@ class FineTuneSchedule(ParamScheduler):
         return np.array([h["lr"] for h in self.opt.hypers])
 
     def before_fit(self):
-        if self.n_epoch <= self.freeze_epochs:
-            raise ValueError(f"fine-tuning for {self.n_epoch} epochs with freeze_epochs={self.freeze_epochs} leaves no "
-                             f"unfrozen epoch; train for more epochs than freeze_epochs")
+        if self.n_epoch < max(self.freeze_epochs, 1):
+            raise ValueError(f"fine-tuning for {self.n_epoch} epochs with freeze_epochs={self.freeze_epochs}: the epochs "
+                             f"count the frozen ones too; train for at least freeze_epochs (and one) epochs")
         if self.opt is None: self.learn.create_opt()
         moms = self.moms if self.moms is not None else self.learn.moms
         frozen = self._lr_max(slice(self.base_lr))
@@ -51,6 +51,7 @@ class FineTuneSchedule(ParamScheduler):
                    combined_cos(self.pct_start, *moms))]
         f = self.freeze_epochs / self.n_epoch
         if f == 0: self.scheds = dict(lr=phases[1][0], mom=phases[1][1])
+        elif f == 1: self.scheds = dict(lr=phases[0][0], mom=phases[0][1])   # fastai's fine_tune(0): the head only
         else: self.scheds = {k: combine_scheds([f, 1 - f], [phases[0][i], phases[1][i]]) for i, k in enumerate(("lr", "mom"))}
         self._frozen = None
         super().before_fit()
