@@ -72,6 +72,15 @@ def test_results_summary_is_generated_from_the_archived_runs():
     assert r.returncode == 0, r.stderr
 
 
+def test_results_trust_tables_are_generated_from_the_archived_runs():
+    names = re.findall(r"<!-- trust-grid:([\w.-]+):start -->", (ROOT / "docs" / "results.md").read_text(encoding="utf-8"))
+    assert names, "docs/results.md has no generated trust-grid block"
+    for name in names:
+        r = subprocess.run([sys.executable, "docs/scripts/trust_grid_table.py", f"docs/evidence/{name}", "--check",
+                            "docs/results.md"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0, r.stderr
+
+
 def _table(md: str) -> list[dict]:
     lines = [l for l in md.splitlines() if l.startswith("|")]
     head = [c.strip() for c in lines[0].split("|")[1:-1]]

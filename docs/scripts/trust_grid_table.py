@@ -1,7 +1,11 @@
 """Tables of a trust grid (issue #39 part 5; docs/results.md §11): every archived seed's trust.json under
-EVIDENCE/RECIPE, mean ± std over seeds per method. mCE pairs each seed with the CE run of the same seed.
+EVIDENCE/RECIPE, mean ± std over seeds per method. mCE and the paired table pair each seed with CE's of the same seed.
 
-    python docs/scripts/trust_grid_table.py docs/evidence/cub100_finetune_trust
+    python docs/scripts/trust_grid_table.py docs/evidence/cub100_finetune_trust            # print
+    python docs/scripts/trust_grid_table.py docs/evidence/cub100_finetune_trust --write docs/results.md   # refresh
+    python docs/scripts/trust_grid_table.py docs/evidence/cub100_finetune_trust --check docs/results.md   # tests
+
+--write/--check use the block between `<!-- trust-grid:RECIPE:start -->` and `<!-- trust-grid:RECIPE:end -->`.
 """
 import glob
 import json
@@ -13,9 +17,12 @@ import numpy as np
 
 from cskd_fastai.shift import relative_errors
 
-if len(sys.argv) != 2: sys.exit(__doc__)
+args = sys.argv[1:]
+if len(args) not in (1, 3) or (len(args) == 3 and args[1] not in ("--write", "--check")): sys.exit(__doc__)
+lines = []
+print = lines.append   # the tables are built as lines, then printed or written into the marked block
 runs = defaultdict(dict)   # label -> seed -> trust
-for f in sorted(glob.glob(os.path.join(sys.argv[1], '*', 'seed*', 'trust.json'))):
+for f in sorted(glob.glob(os.path.join(args[0], '*', 'seed*', 'trust.json'))):
     seed_dir = os.path.dirname(f)
     r = json.load(open(f))
     r.setdefault('test', json.load(open(os.path.join(seed_dir, 'metrics.json')))['test'])   # trust.json keeps no test metrics
@@ -53,7 +60,7 @@ for k in order:
           f"{ms([r['ood']['holdout']['flag']['test_flagged'] for r in rs if 'holdout' in r.get('ood', {})], '{:.3f}')} / "
           f"{ms([r['ood']['holdout']['flag']['ood_flagged'] for r in rs if 'holdout' in r.get('ood', {})], '{:.3f}')} | "
           f"{ms([ood(r, 'fashion_mnist', 'msp', 'auroc', 1) for r in rs], '{:.3f}')} / {ms([ood(r, 'digits', 'msp', 'auroc', 1) for r in rs], '{:.3f}')} |")
-print()
+print('')
 print("| method | seeds | clean top-1 err (%) | corrupted top-1 err (%) sev 1 / 3 / 5 | mean ECE raw / at T | mean NLL raw / at T | mCE vs CE (same seed) |")
 print("|---|---|---|---|---|---|---|")
 ce = runs.get('ce', {})
@@ -67,3 +74,30 @@ for k in order:
           f"{ms([s['mean']['ece'] for s in sh], '{:.3f}')} / {ms([s['mean']['ece_ts'] for s in sh], '{:.3f}')} | "
           f"{ms([s['mean']['nll'] for s in sh], '{:.2f}')} / {ms([s['mean']['nll_ts'] for s in sh], '{:.2f}')} | "
           f"{ms(rel, '{:.3f}')} |")
+print('')
+print("Paired with CE of the same seed (method − CE, seed by seed; negative is better except for AUROC):")
+print('')
+print("| method | seeds | Δ top-1 err (points) | Δ AURC at T | Δ near-OOD AUROC MSP at T | Δ mean corrupted ECE at T | Δ mean corrupted NLL at T |")
+print("|---|---|---|---|---|---|---|")
+for k in order:
+    if k == 'ce': continue
+    pairs = [(r, ce[s]) for s, r in sorted(runs[k].items()) if s in ce]
+    if not pairs: continue
+    def d(f, fmt): return " / ".join(fmt.format(f(a) - f(b)) for a, b in pairs)
+    print(f"| {k} | {len(pairs)} | {d(lambda r: r['test']['top1_err'] * 100, '{:+.2f}')} | "
+          f"{d(lambda r: at(r['selective'], 1)['aurc'], '{:+.3f}')} | "
+          f"{d(lambda r: ood(r, 'holdout', 'msp', 'auroc', 1), '{:+.3f}')} | "
+          f"{d(lambda r: r['shift']['mean']['ece_ts'], '{:+.3f}')} | {d(lambda r: r['shift']['mean']['nll_ts'], '{:+.2f}')} |")
+
+table = "\n".join(lines) + "\n"
+if len(args) == 1: sys.stdout.write(table); sys.exit(0)
+name = os.path.basename(os.path.normpath(args[0]))
+start, end = f"<!-- trust-grid:{name}:start -->", f"<!-- trust-grid:{name}:end -->"
+text = open(args[2], encoding="utf-8").read()
+i, j = text.find(start), text.find(end)
+if i < 0 or j < i: sys.exit(f"trust_grid_table.py: no {start} ... {end} block in {args[2]}")
+i += len(start) + 1
+if args[1] == "--write":
+    open(args[2], "w", encoding="utf-8").write(text[:i] + table + text[j:])
+elif text[i:j] != table:
+    sys.exit(f"{args[2]}'s {name} trust tables are stale: run python docs/scripts/trust_grid_table.py {args[0]} --write {args[2]}")
