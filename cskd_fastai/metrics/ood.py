@@ -25,8 +25,9 @@ SCORES = ("msp", "max_logit", "energy", "entropy")
 # validation images get (so 1 in 20 in-distribution images is flagged by construction)
 FLAG_SCORE, FLAG_TPR = "msp", 0.95
 FLAG_MEANING = ("unfamiliar = confidence below what 95% of this model's validation images get: often an image of none "
-                "of its classes, but 1 in 20 ordinary images is flagged too, and an odd image the model is confidently "
-                "wrong about is not")
+                "of its classes, but 1 in 20 ordinary images is flagged too, and an image the model is confidently "
+                "wrong about is not; most images of unseen classes that resemble its own (e.g. other bird species) "
+                "pass unflagged")
 
 
 def ood_score(logits, score: str = "msp", T: float = 1.0) -> np.ndarray:
