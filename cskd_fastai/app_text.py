@@ -7,6 +7,7 @@ import math
 from torch import Tensor
 
 from .metrics.calibration import MIN_ERRORS, apply_temperature, confidence_histogram, reliability_diagram
+from .metrics.ood import FLAG_CAVEAT
 from .serving import ModelEntry, calibration_numbers, stored_split, unusual_confidence
 from .sets import SetPredictor
 
@@ -90,9 +91,7 @@ def confidence_markdown(entry: ModelEntry, logits: Tensor, T: float, k: int = 5,
     flag = unusual_confidence(entry, logits)
     if flag and flag[0]:
         lines.append(f"⚠ Unfamiliar image: the top-class confidence at T = {entry.temperature:.3g} is below "
-                     f"{fmt_prob(flag[1])}, what 95% of this model's validation images get. Often an image of none "
-                     f"of its classes; 1 in 20 ordinary images is flagged too, an image the model is confidently "
-                     f"wrong about is not, and most images of unseen classes that resemble its own pass unflagged.")
+                     f"{fmt_prob(flag[1])}, what 95% of this model's validation images get: {FLAG_CAVEAT}.")
     top = p_T.topk(min(int(k), len(entry.classes)))
     lines += ["", "| class | probability | |", "|---|---:|:---|"]
     lines += [f"| {entry.classes[int(c)]} | {fmt_prob(v)} | `{'█' * round(20 * float(v)) or '▏'}` |"

@@ -17,17 +17,18 @@ import math
 import numpy as np
 import torch
 
-__all__ = ["SCORES", "ood_score", "threshold_at_tpr", "fpr_at_tpr", "ood_metrics", "FLAG_MEANING", "familiarity_flag",
-           "flagged"]
+__all__ = ["SCORES", "ood_score", "threshold_at_tpr", "fpr_at_tpr", "ood_metrics", "FLAG_MEANING", "FLAG_CAVEAT",
+           "familiarity_flag", "flagged"]
 
 SCORES = ("msp", "max_logit", "energy", "entropy")
 # The rule `predict` and the demo flag images by: max softmax at the run's temperature, below what 95% of its
 # validation images get (so 1 in 20 in-distribution images is flagged by construction)
 FLAG_SCORE, FLAG_TPR = "msp", 0.95
-FLAG_MEANING = ("unfamiliar = confidence below what 95% of this model's validation images get: often an image of none "
-                "of its classes, but 1 in 20 ordinary images is flagged too, and an image the model is confidently "
-                "wrong about is not; most images of unseen classes that resemble its own (e.g. other bird species) "
-                "pass unflagged")
+# What the flag does and does not catch, said once for `predict`'s line and the demo's
+FLAG_CAVEAT = ("often an image of none of its classes, but 1 in 20 ordinary images is flagged too, an image the model "
+               "is confidently wrong about is not, and most images of unseen classes that resemble its own (e.g. other "
+               "bird species) pass unflagged")
+FLAG_MEANING = f"unfamiliar = confidence below what 95% of this model's validation images get: {FLAG_CAVEAT}"
 
 
 def ood_score(logits, score: str = "msp", T: float = 1.0) -> np.ndarray:
