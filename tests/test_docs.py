@@ -3,7 +3,6 @@ stays one screen, and the results summary is the one the archived runs give (one
 from __future__ import annotations
 
 import re
-import subprocess
 import sys
 from pathlib import Path
 
@@ -66,19 +65,39 @@ def test_named_commands_recipes_and_scripts_exist():
             assert (ROOT / script).exists(), f"{md.name} names {script}, which does not exist"
 
 
+def _scripts():
+    "docs/scripts' table builders, imported in this process (torch is imported once, not once per table)."
+    sys.path.insert(0, str(ROOT / "docs" / "scripts"))
+    import marked_block, summary_table, trust_grid_table
+    return marked_block, summary_table, trust_grid_table
+
+
 def test_results_summary_is_generated_from_the_archived_runs():
-    r = subprocess.run([sys.executable, "docs/scripts/summary_table.py", "docs/evidence", "--check", "docs/results.md"],
-                       cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert r.returncode == 0, r.stderr
+    mb, st, _ = _scripts()
+    assert mb.refresh(ROOT / "docs" / "results.md", st.START, st.END, st.summary(ROOT / "docs" / "evidence"), "check",
+                      "python docs/scripts/summary_table.py docs/evidence --write docs/results.md") is None
 
 
 def test_results_trust_tables_are_generated_from_the_archived_runs():
+    mb, _, tg = _scripts()
     names = re.findall(r"<!-- trust-grid:([\w.-]+):start -->", (ROOT / "docs" / "results.md").read_text(encoding="utf-8"))
     assert names, "docs/results.md has no generated trust-grid block"
     for name in names:
-        r = subprocess.run([sys.executable, "docs/scripts/trust_grid_table.py", f"docs/evidence/{name}", "--check",
-                            "docs/results.md"], cwd=ROOT, capture_output=True, text=True, timeout=120)
-        assert r.returncode == 0, r.stderr
+        assert (ROOT / "docs" / "evidence" / name).is_dir(), f"docs/results.md has a trust-grid block for {name}, with no evidence"
+        assert mb.refresh(ROOT / "docs" / "results.md", *tg.markers(name), tg.tables(ROOT / "docs" / "evidence" / name),
+                          "check", f"python docs/scripts/trust_grid_table.py docs/evidence/{name} --write docs/results.md") is None
+
+
+def test_a_stale_or_missing_block_is_named_and_a_write_fixes_it(tmp_path):
+    mb, _, _ = _scripts()
+    doc = tmp_path / "r.md"
+    doc.write_text("intro\n<!-- a:start -->\nold table\n<!-- a:end -->\nrest\n", encoding="utf-8")
+    assert "is stale: run FIX" in mb.refresh(doc, "<!-- a:start -->", "<!-- a:end -->", "new table\n", "check", "FIX")
+    assert "old table" in doc.read_text()                                       # a check never writes
+    assert mb.refresh(doc, "<!-- a:start -->", "<!-- a:end -->", "new table\n", "write", "FIX") is None
+    assert doc.read_text() == "intro\n<!-- a:start -->\nnew table\n<!-- a:end -->\nrest\n"
+    assert mb.refresh(doc, "<!-- a:start -->", "<!-- a:end -->", "new table\n", "check", "FIX") is None
+    assert "has no <!-- b:start -->" in mb.refresh(doc, "<!-- b:start -->", "<!-- b:end -->", "x\n", "check", "FIX")
 
 
 def _table(md: str) -> list[dict]:

@@ -38,21 +38,12 @@ def summary(folder: Path) -> str:
     return "\n".join(out) + "\n"
 
 
-def block(text: str) -> tuple[int, int]:
-    i, j = text.find(START), text.find(END)
-    if i < 0 or j < i: sys.exit(f"summary_table.py: no {START} ... {END} block in the file")
-    return i + len(START) + 1, j
-
-
 if __name__ == "__main__":
+    from marked_block import refresh
     args = sys.argv[1:]
     if not args or args[0].startswith("--"): sys.exit(__doc__)
     table = summary(Path(args[0]))
     if len(args) == 3 and args[1] in ("--write", "--check"):
-        doc = Path(args[2])
-        text = doc.read_text()
-        i, j = block(text)
-        if args[1] == "--write": doc.write_text(text[:i] + table + text[j:])
-        elif text[i:j] != table:
-            sys.exit(f"{doc}'s summary is stale: run python docs/scripts/summary_table.py {args[0]} --write {doc}")
+        sys.exit(refresh(args[2], START, END, table, args[1][2:],
+                         f"python docs/scripts/summary_table.py {args[0]} --write {args[2]}"))
     else: print(table, end="")
