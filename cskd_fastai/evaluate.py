@@ -18,13 +18,14 @@ __all__ = ["evaluate_run", "predict_logits", "write_trust"]
 
 def evaluate_run(run_dir, data_root: Optional[str] = None, ood=None, ood_max: int = 2000,
                  shift: Optional[str] = None, shift_ref: Optional[str] = None, cache_dir: Optional[str] = None,
-                 progress: bool = False, shift_max: Optional[int] = None) -> dict:
+                 progress: bool = False, shift_max: Optional[int] = None, logits_out: Optional[dict] = None) -> dict:
     """Test metrics of the run's exported learner, recomputed from the images on disk, the coverage and size of
     its conformal prediction sets on them (`sets.run_conformal`: calibrated on the validation split), selective
     prediction at T = 1 and the fitted T, and with `ood` (a folder, a dataset name or 'holdout', or a list of them)
     how well it tells the test images from those (`unfamiliar.ood_report`, keyed by source); with `shift` (severities, e.g. '1-5') the metrics under the
     ImageNet-C corruptions (`shift.shift_report`, on at most `ood_max` test images), relative to a CE run's report
-    `shift_ref` (a JSON file that `eval --shift` printed) where one is given."""
+    `shift_ref` (a JSON file that `eval --shift` printed) where one is given. Given a dict, `logits_out` receives the
+    OOD sets' logits ('ood': {source: logits}) and the corrupted images' ('shift': {condition: logits}, 'shift_labels')."""
     from .pipeline import load_data
     run = load_run(run_dir)
     recipe = recipe_of_run(run.recipe, str(Path(run_dir) / "recipe.yaml"))
@@ -58,15 +59,16 @@ def evaluate_run(run_dir, data_root: Optional[str] = None, ood=None, ood_max: in
             items, what = draw(list(held.test.items), f"test images of the {len(held.classes)} held-out classes", ood_max)
         else: items, what = ood_items(source, n_max=ood_max)
         z_out, unreadable = ood_logits(learn, items)
+        if logits_out is not None: logits_out.setdefault("ood", {})[source] = z_out
         out.setdefault("ood", {})[source] = dict(source=what, n_ood=len(z_out), unreadable=unreadable,
                                                  **ood_report(logits, vz, T, z_out))
     if shift is not None:
         out["shift"] = _shift(recipe, learn, list(data.test.items), labels, T, shift, shift_ref, shift_max or ood_max,
-                              cache_dir, progress)
+                              cache_dir, progress, logits_out)
     return out
 
 
-def _shift(recipe, learn, items, labels, T, severities, ref, n_max, cache_dir, progress) -> dict:
+def _shift(recipe, learn, items, labels, T, severities, ref, n_max, cache_dir, progress, logits_out=None) -> dict:
     "`shift.shift_report` on a seeded draw of at most `n_max` test images (+ `relative_errors` against `ref`)."
     import json
     from .cache import cache_side
@@ -80,20 +82,29 @@ def _shift(recipe, learn, items, labels, T, severities, ref, n_max, cache_dir, p
         reference = reference.get("shift", reference)
     idx = draw_index(len(items), n_max)
     side = cache_side(recipe.dataset.image_size, recipe.train.augment)
+    keep = {} if logits_out is not None else None
     rep = shift_report(lambda xs: predict_logits(learn, xs), [items[i] for i in idx], labels[torch.as_tensor(idx)],
-                       side, T, sev, cache_dir=Path(cache_dir) if cache_dir else default_cache_dir(), progress=progress)
+                       side, T, sev, cache_dir=Path(cache_dir) if cache_dir else default_cache_dir(), progress=progress,
+                       logits_out=keep)
+    if keep is not None: logits_out.update(shift=keep, shift_labels=labels[torch.as_tensor(idx)])
     if reference is not None: rep["relative_to_reference"] = relative_errors(rep, reference)
     return rep
 
 
 def write_trust(run_dir, cfg, data_root: Optional[str] = None, log=print) -> dict:
-    """The recipe's `eval:` trust evaluations of a finished run (`EvalCfg`), written to its trust.json atomically
-    (the metrics, not the logits or images: small enough to archive)."""
+    """The recipe's `eval:` trust evaluations of a finished run (`EvalCfg`): their logits to trust_logits.npz
+    (`rundir.compact.save_trust_logits`: OOD sets and corrupted images, so other scores can be computed later without
+    the model), then their metrics to trust.json, each atomically; trust.json last, as it marks the evaluations done."""
     import json
+    from .rundir.compact import save_trust_logits
+    from .rundir import TRUST_LOGITS
     from .safeio import save_atomic
     shift = ",".join(map(str, cfg.shift.severities)) if cfg.shift else None
+    kept = {}
     res = evaluate_run(run_dir, data_root, ood=list(cfg.ood), ood_max=cfg.ood_max, shift=shift,
-                       shift_max=cfg.shift.max_images if cfg.shift else None)
+                       shift_max=cfg.shift.max_images if cfg.shift else None, logits_out=kept)
+    save_trust_logits(Path(run_dir) / TRUST_LOGITS, kept.get("ood", {}), kept.get("shift", {}),
+                      kept.get("shift_labels", torch.zeros(0, dtype=torch.long)))
     res = {k: res[k] for k in ("run", "n_test", "selective", "ood", "shift") if k in res}
     save_atomic(lambda t: Path(t).write_text(json.dumps(res, indent=1)), Path(run_dir) / TRUST)
     log(f"trust evaluations of {run_dir}: {TRUST} ({', '.join(k for k in ('ood', 'shift') if k in res) or 'selective'})")

@@ -99,12 +99,14 @@ def _scores(z: torch.Tensor, y: torch.Tensor, T: float) -> dict:
 
 def shift_report(predict: Callable[[list], torch.Tensor], items: Sequence, labels: torch.Tensor, side: int, T: float,
                  severities: Sequence[int] = (1, 2, 3, 4, 5), corruptions: Sequence[str] = CORRUPTIONS,
-                 cache_dir: Optional[Path] = None, progress: bool = False) -> dict:
+                 cache_dir: Optional[Path] = None, progress: bool = False, logits_out: Optional[dict] = None) -> dict:
     """Top-1 error, ECE and NLL (at T = 1, and `_ts` at the run's T) on the clean centre squares and under every
     corruption × severity, with their means per corruption, per severity and overall. `predict` maps a list of
-    uint8 arrays to logits."""
+    uint8 arrays to logits; given a dict, `logits_out` receives them ('clean', 'corruption/severity')."""
+    keep = logits_out if logits_out is not None else {}
     clean = corrupted_set(items, side, "clean", 0, cache_dir)
-    out = {"clean": _scores(predict(list(clean)), labels, T), "T": T, "n_images": len(items), "corruptions": {}}
+    keep["clean"] = predict(list(clean))
+    out = {"clean": _scores(keep["clean"], labels, T), "T": T, "n_images": len(items), "corruptions": {}}
     jobs = [(c, s) for c in corruptions for s in severities]
     it = jobs
     if progress:
@@ -112,7 +114,9 @@ def shift_report(predict: Callable[[list], torch.Tensor], items: Sequence, label
         it = progress_bar(jobs, leave=False)
     for c, s in it:
         x = corrupted_set(items, side, c, s, cache_dir, clean=clean)
-        out["corruptions"].setdefault(c, {})[str(s)] = _scores(predict(list(x)), labels, T)
+        z = predict(list(x))
+        if logits_out is not None: keep[f"{c}/{s}"] = z
+        out["corruptions"].setdefault(c, {})[str(s)] = _scores(z, labels, T)
     keys = list(out["clean"])
     cells = [v for per in out["corruptions"].values() for v in per.values()]
     out["mean"] = {k: float(np.mean([v[k] for v in cells])) for k in keys}

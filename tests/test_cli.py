@@ -459,8 +459,8 @@ def test_eval_shift_reports_every_corruption_and_mce_against_a_reference(trained
 
 def test_recipe_eval_writes_trust_json_after_each_seed_archive_keeps_it_and_resume_fills_it_in(trained, folder, tmp_path,
                                                                                                 monkeypatch):
-    """`eval:` in a recipe runs the trust evaluations right after a seed finishes (trust.json); `archive` keeps the
-    file; adding `eval:` to a finished recipe and resuming writes it without retraining."""
+    """`eval:` in a recipe runs the trust evaluations right after a seed finishes (trust.json, their logits in
+    trust_logits.npz); `archive` keeps both files; adding `eval:` to a finished recipe and resuming writes it without retraining."""
     pytest.importorskip("imagecorruptions", reason="needs the [shift] extra (imagecorruptions-imaug)")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     odd = tmp_path / "odd"; odd.mkdir()
@@ -481,6 +481,22 @@ def test_recipe_eval_writes_trust_json_after_each_seed_archive_keeps_it_and_resu
     assert (run / "metrics.json").stat().st_mtime_ns == before                      # not retrained
     trust = json.loads((run / "trust.json").read_text())
     assert trust["ood"][str(odd)]["n_ood"] == 3 and trust["shift"]["n_images"] == 2 and "selective" in trust
+    # the evaluations' logits are kept beside them, and give back trust.json's numbers without the model
+    from cskd_fastai.metrics.functional import classification_metrics
+    from cskd_fastai.rundir.compact import COMPACT_TOL, load_trust_logits
+    from cskd_fastai.metrics.ood import ood_metrics, ood_score
+    kept = load_trust_logits(run / "trust_logits.npz")
+    assert set(kept["ood"]) == {str(odd)} and kept["ood"][str(odd)].shape[0] == 3
+    assert set(kept["shift"]) == {"clean"} | {f"{c}/1" for c in trust["shift"]["corruptions"]}
+    for cond, (z, y) in kept["shift"].items():
+        want = trust["shift"]["clean"] if cond == "clean" else trust["shift"]["corruptions"][cond.split("/")[0]]["1"]
+        got = classification_metrics(torch.from_numpy(z), torch.from_numpy(y))
+        assert len(y) == 2 and got["top1_err"] == want["top1_err"], cond
+        assert abs(got["ece"] - want["ece"]) <= COMPACT_TOL["ece"] and abs(got["nll"] - want["nll"]) < 1e-3, cond
+    test_z = torch.load(run / "logits.pt", weights_only=True)["test"]["logits"].numpy().astype("float64")
+    auroc = ood_metrics(ood_score(test_z, "msp", 1.0), ood_score(kept["ood"][str(odd)].astype("float64"), "msp", 1.0))["auroc"]
+    assert abs(auroc - trust["ood"][str(odd)]["T=1"]["msp"]["auroc"]) < 1e-3
     code, out = cli("archive", run, "--to", tmp_path / "ev")
     assert code == 0, out
     assert json.loads((tmp_path / "ev" / "tiny" / "ce" / "seed0" / "trust.json").read_text()) == trust
+    assert (tmp_path / "ev" / "tiny" / "ce" / "seed0" / "trust_logits.npz").read_bytes() == (run / "trust_logits.npz").read_bytes()

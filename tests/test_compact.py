@@ -74,3 +74,25 @@ def test_compact_archived_converts_in_place_once(tmp_path):
     assert not (tmp_path / "logits.pt").exists() and not (tmp_path / "curves.png").exists()
     assert torch.equal(load_logits(tmp_path, "test")[0].argmax(1), zt.argmax(1))
     assert compact_archived(tmp_path) is False
+
+
+def test_trust_logits_round_trip_keeps_ood_scores_and_shift_errors(tmp_path):
+    "OOD rows (no label) keep their max softmax to float16's step; a shift condition's errors stay exact; no OOD set is fine."
+    from cskd_fastai.metrics.ood import ood_score
+    from cskd_fastai.rundir.compact import load_trust_logits, save_trust_logits
+    g = np.random.default_rng(0)
+    far, near = (g.normal(0, 3, (n, 7)).astype(np.float32) for n in (11, 5))
+    y = g.integers(0, 7, 9)
+    shift = {"clean": g.normal(0, 3, (9, 7)).astype(np.float32), "fog/3": torch.randn(9, 7) * 3}
+    save_trust_logits(tmp_path / "t.npz", {"/some/folder": far, "holdout": near}, shift, torch.as_tensor(y))
+    back = load_trust_logits(tmp_path / "t.npz")
+    assert list(back["ood"]) == ["/some/folder", "holdout"] and list(back["shift"]) == ["clean", "fog/3"]
+    for src, z in (("/some/folder", far), ("holdout", near)):
+        assert np.abs(ood_score(back["ood"][src], "msp") - ood_score(z, "msp")).max() < 2e-3
+        assert np.array_equal(back["ood"][src].max(1), z.max(1))           # the row maxima (max-logit score) exact
+    for cond, z in shift.items():
+        zb, yb = back["shift"][cond]
+        z = np.asarray(z)
+        assert np.array_equal(yb, y) and np.array_equal(zb.argmax(1) == yb, z.argmax(1) == y)
+    save_trust_logits(tmp_path / "e.npz", {}, {}, np.zeros(0, np.int64))
+    assert load_trust_logits(tmp_path / "e.npz") == {"ood": {}, "shift": {}}

@@ -83,7 +83,6 @@ def test_results_trust_tables_are_generated_from_the_archived_runs():
     names = re.findall(r"<!-- trust-grid:([\w.-]+):start -->", (ROOT / "docs" / "results.md").read_text(encoding="utf-8"))
     assert names, "docs/results.md has no generated trust-grid block"
     for name in names:
-        assert (ROOT / "docs" / "evidence" / name).is_dir(), f"docs/results.md has a trust-grid block for {name}, with no evidence"
         assert mb.refresh(ROOT / "docs" / "results.md", *tg.markers(name), tg.tables(ROOT / "docs" / "evidence" / name),
                           "check", f"python docs/scripts/trust_grid_table.py docs/evidence/{name} --write docs/results.md") is None
 

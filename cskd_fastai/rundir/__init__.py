@@ -14,6 +14,7 @@ Layout of one run (one method, one seed):
                      package never unpickles it when model.safetensors is there)
     reliability.png, curves.png
     trust.json       the trust evaluations a recipe's `eval:` asks for (OOD, corruption, selective), when it does
+    trust_logits.npz their logits (OOD sets, corrupted test images; `compact.save_trust_logits`), beside trust.json
     checkpoint.pth   the last finished epoch (model, optimizer, RNG states), kept for `--resume`
     hashes.json      SHA-256 of export.pkl and checkpoint.pth, written with them and checked before either is
                      unpickled (a file changed or truncated since `train` wrote it is refused, not loaded)
@@ -22,7 +23,8 @@ Layout of one run (one method, one seed):
     .lock            held (flock) by the one process writing the run; released, even on a kill, when it exits
 
 An *archived* run (`archive_run`, `cskd-fastai archive`) keeps only the small files that `compare` and the docs
-scripts (temperature scaling, diagnostics, paired tests) read: recipe, env, history, metrics, trust.json if any, the
+scripts (temperature scaling, diagnostics, paired tests) read: recipe, env, history, metrics, trust.json and
+trust_logits.npz if any, the
 logits in the compact float16 `logits.npz` (`compact`: top-k errors exact, the other metrics within stated bounds)
 and DONE.
 Committed under `docs/evidence/`, it lets seeds trained in different sessions or on different machines be compared
@@ -34,7 +36,7 @@ from __future__ import annotations
 from ..safeio import disk_full_message, save_atomic, sha256  # noqa: F401  (what writers of a run dir use beside these)
 from .archive import ARCHIVED, archive_run
 from .examples import EXAMPLES, read_examples, write_examples
-from .files import (BEST, CHECKPOINT, DONE, ENV, EXPORT, HASHES, HISTORY, LOCK, LOGITS, METRICS, PNGS, RECIPE, TRUST, RunDirError,
+from .files import (BEST, CHECKPOINT, DONE, ENV, EXPORT, HASHES, HISTORY, LOCK, LOGITS, METRICS, PNGS, RECIPE, TRUST, TRUST_LOGITS, RunDirError,
                     RunLockedError, WEIGHTS, load_checkpoint, load_hashed, load_weights, read_json, read_verified,
                     read_yaml, record_hash, save_hashed, save_weights, verify_hash)
 from .layout import (Run, find_runs, finished_runs, is_done, load_logits, load_run, load_run_learner, mark_done,

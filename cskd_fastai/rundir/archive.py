@@ -8,12 +8,12 @@ from pathlib import Path
 
 from ..checks import safe_component
 from .compact import COMPACT_LOGITS, COMPACT_TOL, DEFAULT_TOL, load_compact, save_compact
-from .files import DONE, ENV, HISTORY, LOGITS, METRICS, PNGS, RECIPE, TRUST, RunDirError
+from .files import DONE, ENV, HISTORY, LOGITS, METRICS, PNGS, RECIPE, TRUST, TRUST_LOGITS, RunDirError
 from .layout import load_logits, load_run, need_file
 
 __all__ = ["ARCHIVED", "archive_run", "compact_archived"]
 
-# Copied as they are (and trust.json where the recipe's `eval:` wrote one); logits.npz is written between these and
+# Copied as they are (and trust.json + trust_logits.npz where the recipe's `eval:` wrote them); logits.npz is written between these and
 # DONE (last: a partial copy is never a finished run)
 ARCHIVED = (RECIPE, ENV, HISTORY, METRICS)
 
@@ -70,7 +70,8 @@ def archive_run(path, dest) -> Path:
     target.mkdir(parents=True)
     try:
         for name in ARCHIVED: shutil.copy2(path / name, target / name)
-        if (path / TRUST).exists(): shutil.copy2(path / TRUST, target / TRUST)   # trust evaluations, when run
+        for name in (TRUST, TRUST_LOGITS):   # trust evaluations and their (already compact) logits, when run
+            if (path / name).exists(): shutil.copy2(path / name, target / name)
         _compact_checked(path, target)
     except BaseException:
         shutil.rmtree(target)      # nothing half-archived is left to be mistaken for a record

@@ -23,7 +23,8 @@ import numpy as np
 
 from ..safeio import save_atomic
 
-__all__ = ["COMPACT_LOGITS", "COMPACT_TOL", "encode_logits", "decode_logits", "save_compact", "load_compact"]
+__all__ = ["COMPACT_LOGITS", "COMPACT_TOL", "encode_logits", "decode_logits", "save_compact", "load_compact",
+           "save_trust_logits", "load_trust_logits"]
 
 COMPACT_LOGITS = "logits.npz"
 # How far a metric of the decoded logits may sit from the float32 original's (checked when a run is archived, and by
@@ -87,3 +88,31 @@ def load_compact(f) -> dict:
         out = {s: decode_logits(d, s) for s in splits}
         out["classes"] = [str(c) for c in d["classes"]] if "classes" in d.files else []
     return out
+
+
+def save_trust_logits(path, ood: dict, shift: dict, shift_labels) -> Path:
+    """Write the trust evaluations' logits to `path` (trust_logits.npz) atomically, in `encode_logits`' form.
+    `ood` maps a source (as trust.json names it) to its logits; `shift` maps a condition ('clean' or
+    'corruption/severity') to the logits of the same drawn test images, whose labels are `shift_labels`. An OOD image
+    has no label: its row is encoded against its own top class (exact, like every row maximum), so the scores
+    (max softmax, max logit, energy, entropy) are as good as `logits.npz`'s."""
+    def np_(z): return z.detach().float().cpu().numpy() if hasattr(z, "detach") else np.asarray(z, dtype=np.float32)
+    y = np.asarray(shift_labels.cpu() if hasattr(shift_labels, "cpu") else shift_labels)
+    arrays = {"ood_sources": np.array([str(s) for s in ood], dtype=str),
+              "shift_conditions": np.array([str(c) for c in shift], dtype=str)}
+    for i, z in enumerate(ood.values()):
+        z = np_(z)
+        arrays.update(encode_logits(z, z.argmax(axis=1) if len(z) else np.zeros(0, np.int64), f"ood{i}"))
+    for i, z in enumerate(shift.values()): arrays.update(encode_logits(np_(z), y, f"shift{i}"))
+    buf = io.BytesIO()
+    np.savez_compressed(buf, **arrays)
+    save_atomic(lambda t: Path(t).write_bytes(buf.getvalue()), Path(path))
+    return Path(path)
+
+
+def load_trust_logits(path) -> dict:
+    """{'ood': {source: logits}, 'shift': {condition: (logits, labels)}} from `save_trust_logits`' file
+    (ValueError/OSError when unreadable; `allow_pickle=False`: loading runs no code)."""
+    with np.load(path, allow_pickle=False) as d:
+        return {"ood": {str(s): decode_logits(d, f"ood{i}")[0] for i, s in enumerate(d["ood_sources"])},
+                "shift": {str(c): decode_logits(d, f"shift{i}") for i, c in enumerate(d["shift_conditions"])}}

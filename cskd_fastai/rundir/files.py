@@ -8,7 +8,7 @@ from pathlib import Path
 from ..safeio import save_atomic, sha256
 
 __all__ = ["RECIPE", "ENV", "HISTORY", "METRICS", "LOGITS", "EXPORT", "CHECKPOINT", "BEST", "DONE", "HASHES", "LOCK",
-           "PNGS", "TRUST", "WEIGHTS", "save_weights", "load_weights", "RunDirError", "RunLockedError", "read_json", "read_yaml", "record_hash", "save_hashed", "verify_hash",
+           "PNGS", "TRUST", "TRUST_LOGITS", "WEIGHTS", "save_weights", "load_weights", "RunDirError", "RunLockedError", "read_json", "read_yaml", "record_hash", "save_hashed", "verify_hash",
            "read_verified", "load_hashed", "load_checkpoint"]
 
 RECIPE, ENV, HISTORY, METRICS, LOGITS, EXPORT, CHECKPOINT, BEST, WEIGHTS, DONE, HASHES, LOCK = (
@@ -16,6 +16,7 @@ RECIPE, ENV, HISTORY, METRICS, LOGITS, EXPORT, CHECKPOINT, BEST, WEIGHTS, DONE, 
     "model.safetensors", "DONE", "hashes.json", ".lock")
 PNGS = ("reliability.png", "curves.png")
 TRUST = "trust.json"   # the trust evaluations a recipe's `eval:` asks for (`evaluate.write_trust`), archived too
+TRUST_LOGITS = "trust_logits.npz"   # their logits (OOD sets, corrupted images), compact like logits.npz, archived too
 
 
 class RunDirError(ValueError):
