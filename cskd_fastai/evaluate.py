@@ -82,11 +82,11 @@ def _shift(recipe, learn, items, labels, T, severities, ref, n_max, cache_dir, p
         reference = reference.get("shift", reference)
     idx = draw_index(len(items), n_max)
     side = cache_side(recipe.dataset.image_size, recipe.train.augment)
-    keep = {} if logits_out is not None else None
-    rep = shift_report(lambda xs: predict_logits(learn, xs), [items[i] for i in idx], labels[torch.as_tensor(idx)],
-                       side, T, sev, cache_dir=Path(cache_dir) if cache_dir else default_cache_dir(), progress=progress,
-                       logits_out=keep)
-    if keep is not None: logits_out.update(shift=keep, shift_labels=labels[torch.as_tensor(idx)])
+    drawn = labels[torch.as_tensor(idx)]
+    if logits_out is not None: logits_out.update(shift={}, shift_labels=drawn)
+    rep = shift_report(lambda xs: predict_logits(learn, xs), [items[i] for i in idx], drawn, side, T, sev,
+                       cache_dir=Path(cache_dir) if cache_dir else default_cache_dir(), progress=progress,
+                       logits_out=logits_out["shift"] if logits_out is not None else None)
     if reference is not None: rep["relative_to_reference"] = relative_errors(rep, reference)
     return rep
 

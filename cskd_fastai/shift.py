@@ -103,10 +103,10 @@ def shift_report(predict: Callable[[list], torch.Tensor], items: Sequence, label
     """Top-1 error, ECE and NLL (at T = 1, and `_ts` at the run's T) on the clean centre squares and under every
     corruption × severity, with their means per corruption, per severity and overall. `predict` maps a list of
     uint8 arrays to logits; given a dict, `logits_out` receives them ('clean', 'corruption/severity')."""
-    keep = logits_out if logits_out is not None else {}
     clean = corrupted_set(items, side, "clean", 0, cache_dir)
-    keep["clean"] = predict(list(clean))
-    out = {"clean": _scores(keep["clean"], labels, T), "T": T, "n_images": len(items), "corruptions": {}}
+    z = predict(list(clean))
+    if logits_out is not None: logits_out["clean"] = z
+    out = {"clean": _scores(z, labels, T), "T": T, "n_images": len(items), "corruptions": {}}
     jobs = [(c, s) for c in corruptions for s in severities]
     it = jobs
     if progress:
@@ -115,7 +115,7 @@ def shift_report(predict: Callable[[list], torch.Tensor], items: Sequence, label
     for c, s in it:
         x = corrupted_set(items, side, c, s, cache_dir, clean=clean)
         z = predict(list(x))
-        if logits_out is not None: keep[f"{c}/{s}"] = z
+        if logits_out is not None: logits_out[f"{c}/{s}"] = z
         out["corruptions"].setdefault(c, {})[str(s)] = _scores(z, labels, T)
     keys = list(out["clean"])
     cells = [v for per in out["corruptions"].values() for v in per.values()]

@@ -13,8 +13,8 @@ from .layout import load_logits, load_run, need_file
 
 __all__ = ["ARCHIVED", "archive_run", "compact_archived"]
 
-# Copied as they are (and trust.json + trust_logits.npz where the recipe's `eval:` wrote them); logits.npz is written between these and
-# DONE (last: a partial copy is never a finished run)
+# Copied as they are (and trust.json + trust_logits.npz where the recipe's `eval:` wrote them); logits.npz is
+# written between these and DONE (last: a partial copy is never a finished run)
 ARCHIVED = (RECIPE, ENV, HISTORY, METRICS)
 
 

@@ -68,17 +68,27 @@ def decode_logits(arrays, split: str) -> tuple[np.ndarray, np.ndarray]:
     return _decode(arrays[f"{split}_delta"], arrays[f"{split}_label"], arrays[f"{split}_rowmax"], y), y
 
 
+def _numpy(x) -> np.ndarray:
+    "A tensor (any device; a float one as float32, so bfloat16 converts) or an array-like, as a numpy array."
+    if hasattr(x, "detach"):
+        x = x.detach().cpu()
+        return (x.float() if x.is_floating_point() else x).numpy()
+    return np.asarray(x)
+
+
+def _write_npz(path, arrays: dict) -> Path:
+    "`np.savez_compressed` of `arrays`, written atomically (a partial file never replaces a whole one)."
+    buf = io.BytesIO()
+    np.savez_compressed(buf, **arrays)
+    save_atomic(lambda t: Path(t).write_bytes(buf.getvalue()), Path(path))
+    return Path(path)
+
+
 def save_compact(run_dir, splits: dict, classes) -> Path:
     "Write `logits.npz` atomically; `splits` maps 'valid'/'test' to (logits, labels) as numpy arrays or tensors."
     arrays = {"classes": np.array([str(c) for c in classes], dtype=str)}
-    for name, (z, y) in splits.items():
-        z = z.detach().float().cpu().numpy() if hasattr(z, "detach") else z
-        y = y.detach().cpu().numpy() if hasattr(y, "detach") else y
-        arrays.update(encode_logits(z, y, name))
-    buf = io.BytesIO()
-    np.savez_compressed(buf, **arrays)
-    save_atomic(lambda t: Path(t).write_bytes(buf.getvalue()), Path(run_dir) / COMPACT_LOGITS)
-    return Path(run_dir) / COMPACT_LOGITS
+    for name, (z, y) in splits.items(): arrays.update(encode_logits(_numpy(z), _numpy(y), name))
+    return _write_npz(Path(run_dir) / COMPACT_LOGITS, arrays)
 
 
 def load_compact(f) -> dict:
@@ -96,18 +106,14 @@ def save_trust_logits(path, ood: dict, shift: dict, shift_labels) -> Path:
     'corruption/severity') to the logits of the same drawn test images, whose labels are `shift_labels`. An OOD image
     has no label: its row is encoded against its own top class (exact, like every row maximum), so the scores
     (max softmax, max logit, energy, entropy) are as good as `logits.npz`'s."""
-    def np_(z): return z.detach().float().cpu().numpy() if hasattr(z, "detach") else np.asarray(z, dtype=np.float32)
-    y = np.asarray(shift_labels.cpu() if hasattr(shift_labels, "cpu") else shift_labels)
+    y = _numpy(shift_labels)
     arrays = {"ood_sources": np.array([str(s) for s in ood], dtype=str),
               "shift_conditions": np.array([str(c) for c in shift], dtype=str)}
     for i, z in enumerate(ood.values()):
-        z = np_(z)
+        z = _numpy(z)
         arrays.update(encode_logits(z, z.argmax(axis=1) if len(z) else np.zeros(0, np.int64), f"ood{i}"))
-    for i, z in enumerate(shift.values()): arrays.update(encode_logits(np_(z), y, f"shift{i}"))
-    buf = io.BytesIO()
-    np.savez_compressed(buf, **arrays)
-    save_atomic(lambda t: Path(t).write_bytes(buf.getvalue()), Path(path))
-    return Path(path)
+    for i, z in enumerate(shift.values()): arrays.update(encode_logits(_numpy(z), y, f"shift{i}"))
+    return _write_npz(path, arrays)
 
 
 def load_trust_logits(path) -> dict:
